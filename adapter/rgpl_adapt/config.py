@@ -1,0 +1,192 @@
+"""Configuration: one frozen dataclass per stage, gathered in :class:`AdaptConfig`.
+
+Defaults are the R-GPL paper's (models from a hub, 140k steps on a GPU). Every model is a
+hub name *or a local path*; offline machines pass local paths. ``AdaptConfig.cpu_sized()``
+returns a run that finishes in minutes on a laptop CPU, keeping the same algorithm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Similarity = Literal["dot", "cosine"]
+
+# The paper's models (arXiv 2501.14434, following GPL).
+DEFAULT_GENERATOR = "BeIR/query-gen-msmarco-t5-base-v1"
+DEFAULT_TEACHER = "cross-encoder/ms-marco-MiniLM-L-6-v2"
+DEFAULT_STUDENT = "GPL/msmarco-distilbert-margin-mse"
+DEFAULT_RETRIEVERS = ("msmarco-distilbert-base-v3", "msmarco-MiniLM-L-6-v3")
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """Where the documents come from and how records are validated."""
+
+    path: str = ""
+    text_field: str = "text"
+    title_field: str = "title"
+    id_field: str = "_id"
+    max_chars: int = 100_000  # longer records are counted as "huge" and skipped
+    limit: int | None = None  # read at most this many valid documents
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Pseudo-query generation. ``kind="auto"`` picks seq2seq or causal from the model config."""
+
+    model: str = DEFAULT_GENERATOR
+    kind: Literal["auto", "seq2seq", "causal"] = "auto"
+    queries_per_passage: int | None = None  # None: GPL's rule max(3, ceil(250k / |C|))
+    max_queries: int = 250_000  # large corpora are sampled down to this many queries
+    batch_size: int = 32
+    max_input_len: int = 350
+    max_query_len: int = 64
+    top_p: float = 0.95
+    top_k: int = 25
+    temperature: float = 1.0
+    prompt: str | None = None  # causal LMs: few-shot prompt with a {passage} slot
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class MiningConfig:
+    """Initial hard negatives: top-k of each dense retriever plus BM25, positives excluded."""
+
+    retrievers: tuple[str, ...] = DEFAULT_RETRIEVERS
+    bm25: bool = True
+    k: int = 50
+    encode_batch_size: int = 128
+    max_seq_len: int = 350
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """Teacher for margins. ``kind="auto"`` detects a cross-encoder from the model files."""
+
+    teacher: str = DEFAULT_TEACHER
+    kind: Literal["auto", "cross-encoder", "bi-encoder"] = "auto"
+    batch_size: int = 64
+    max_seq_len: int = 350
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """MarginMSE training of the student (bi-encoder)."""
+
+    student: str = DEFAULT_STUDENT
+    steps: int = 140_000
+    batch_size: int = 32
+    max_seq_len: int = 350
+    lr: float = 2e-5
+    warmup_steps: int = 1000
+    weight_decay: float = 0.01
+    similarity: Similarity = "dot"  # "cosine" really normalises (unlike the reference code)
+    precision: Precision = "auto"  # auto: bf16/fp16 autocast on GPU, fp32 on CPU
+    checkpoint_every: int = 10_000
+    eval_every: int = 0  # 0: no periodic evaluation (needs --eval-qrels)
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class RemineConfig:
+    """R-GPL: every ``every`` steps re-encode the corpus with the student and replace negatives.
+
+    ``every=0`` disables remining, which is plain GPL.
+    """
+
+    every: int = 25_000
+    k: int = 50
+    encode_batch_size: int = 128
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    onnx: bool = True
+    int8: bool = False
+    opset: int = 17
+    tolerance: float = 1e-4  # max abs diff allowed between ONNX and torch embeddings
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """The whole adaptation run."""
+
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    labels: LabelConfig = field(default_factory=LabelConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
+    remine: RemineConfig = field(default_factory=RemineConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AdaptConfig:
+        kinds = {f.name: f.type for f in dataclasses.fields(cls)}
+        sections = {
+            "corpus": CorpusConfig,
+            "generation": GenerationConfig,
+            "mining": MiningConfig,
+            "labels": LabelConfig,
+            "training": TrainConfig,
+            "remine": RemineConfig,
+            "export": ExportConfig,
+        }
+        kwargs: dict[str, Any] = {}
+        for name, value in data.items():
+            if name not in kinds:
+                raise ValueError(f"unknown config section {name!r}")
+            if name in sections:
+                sec = sections[name]
+                known = {f.name for f in dataclasses.fields(sec)}
+                unknown = set(value) - known
+                if unknown:
+                    raise ValueError(f"unknown option(s) in [{name}]: {', '.join(sorted(unknown))}")
+                if name == "mining" and "retrievers" in value:
+                    value = {**value, "retrievers": tuple(value["retrievers"])}
+                kwargs[name] = sec(**value)
+            else:
+                kwargs[name] = value
+        return cls(**kwargs)
+
+    def cpu_sized(self) -> AdaptConfig:
+        """Same algorithm, sized to finish in minutes on 2 CPU cores (a smoke-scale run)."""
+        return replace(
+            self,
+            generation=replace(self.generation, queries_per_passage=1, max_queries=2_000, batch_size=16),
+            mining=replace(self.mining, k=20, max_seq_len=256),
+            labels=replace(self.labels, max_seq_len=256),
+            training=replace(
+                self.training,
+                steps=300,
+                batch_size=16,
+                max_seq_len=128,
+                warmup_steps=30,
+                checkpoint_every=100,
+            ),
+            remine=replace(self.remine, every=100, k=20),
+        )
+
+
+def config_hash(*parts: Any) -> str:
+    """A stable short hash of dataclasses / JSON-able values (used by stage manifests)."""
+
+    def norm(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {k: norm(v) for k, v in dataclasses.asdict(value).items()}
+        if isinstance(value, (list, tuple)):
+            return [norm(v) for v in value]
+        if isinstance(value, dict):
+            return {str(k): norm(v) for k, v in value.items()}
+        return value
+
+    blob = json.dumps([norm(p) for p in parts], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]

@@ -1,0 +1,71 @@
+"""Encoding texts with a bi-encoder: batched by length, train/eval mode restored.
+
+The reference GPL code left the student in eval mode after encoding the corpus for remining,
+which silently disables dropout for the rest of training. :func:`encode_texts` always puts the
+model back in the mode it found it in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from rgpl_adapt.progress import ProgressFactory, silent
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sentence_transformers import SentenceTransformer
+
+
+class TextEncoder(Protocol):
+    """Anything that turns texts into float32 vectors (torch model, ONNX session, ...)."""
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: ProgressFactory = silent) -> np.ndarray: ...
+
+
+def encode_texts(
+    model: SentenceTransformer,
+    texts: Sequence[str],
+    batch_size: int = 64,
+    *,
+    normalize: bool = False,
+    progress: ProgressFactory = silent,
+    desc: str = "encoding",
+) -> np.ndarray:
+    """Encode ``texts`` with ``model`` in length-sorted batches; returns float32 (len(texts), dim).
+
+    The model's training mode is restored afterwards, whatever it was.
+    """
+    import torch
+
+    was_training = model.training
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else model.get_sentence_embedding_dimension()
+    out = np.empty((len(texts), dim), dtype=np.float32)
+    model.eval()
+    try:
+        with progress(total=len(texts), desc=desc, unit="text") as bar, torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                idx = order[start : start + batch_size]
+                features = model.tokenize([texts[i] for i in idx])
+                features = {k: v.to(model.device) for k, v in features.items()}
+                emb = model(features)["sentence_embedding"]
+                if normalize:
+                    emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
+                out[idx] = emb.float().cpu().numpy()
+                bar.update(len(idx))
+    finally:
+        model.train(was_training)
+    return out
+
+
+class SentenceTransformerEncoder:
+    """:class:`TextEncoder` over a sentence-transformers model (torch)."""
+
+    def __init__(self, model: SentenceTransformer, *, normalize: bool = False) -> None:
+        self.model = model
+        self.normalize = normalize
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: ProgressFactory = silent) -> np.ndarray:
+        return encode_texts(self.model, texts, batch_size, normalize=self.normalize, progress=progress)

@@ -1,0 +1,64 @@
+"""Loading models by hub name or local path, with errors that say what to do offline."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message names the model and the fix."""
+
+
+def _explain(name: str, exc: Exception) -> ModelLoadError:
+    if os.path.exists(name):
+        return ModelLoadError(f"could not load the model at {name!r}: {exc}")
+    return ModelLoadError(
+        f"could not load model {name!r}: it is not a local folder, and fetching it from the model hub "
+        f"failed ({type(exc).__name__}: {exc}). Pass a local path instead (a folder saved with "
+        f"save_pretrained / SentenceTransformer.save), or check network access to the hub."
+    )
+
+
+def load_sentence_transformer(name: str, device: str = "cpu", max_seq_len: int | None = None) -> SentenceTransformer:
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        model = SentenceTransformer(name, device=device)
+    except Exception as exc:  # noqa: BLE001 - library raises many kinds; we re-raise with a fix
+        raise _explain(name, exc) from exc
+    if max_seq_len is not None:
+        model.max_seq_length = max_seq_len
+    return model
+
+
+def load_cross_encoder(name: str, device: str = "cpu", max_seq_len: int | None = None) -> CrossEncoder:
+    from sentence_transformers import CrossEncoder
+
+    try:
+        # num_labels=1: one raw logit per pair; activation identity: no sigmoid (GPL's margins are raw).
+        return CrossEncoder(name, device=device, max_length=max_seq_len, num_labels=1)
+    except Exception as exc:  # noqa: BLE001
+        raise _explain(name, exc) from exc
+
+
+def is_cross_encoder(name: str) -> bool:
+    """Whether a local model folder holds a sequence-classification model (a cross-encoder).
+
+    Hub names are matched on the conventional ``cross-encoder/`` prefix.
+    """
+    import json
+
+    cfg = os.path.join(name, "config.json")
+    if os.path.isdir(name):
+        if os.path.exists(os.path.join(name, "modules.json")):
+            return False  # a sentence-transformers bi-encoder folder
+        if os.path.exists(cfg):
+            with open(cfg, encoding="utf-8") as fh:
+                archs = json.load(fh).get("architectures") or []
+            return any(a.endswith("ForSequenceClassification") for a in archs)
+        return False
+    return name.startswith("cross-encoder/") or "cross-encoder" in name.lower()
