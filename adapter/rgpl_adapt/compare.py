@@ -1,0 +1,83 @@
+"""Stage 9: evaluate a run against qrels: BM25, zero-shot, adapted and hybrid in one table."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rgpl_adapt.config import AdaptConfig
+from rgpl_adapt.devices import resolve_device
+from rgpl_adapt.progress import ProgressFactory, silent
+from rgpl_plugin.base import Backend, Hit
+
+SYSTEMS = ("bm25", "zero-shot", "adapted", "hybrid")
+ZERO_SHOT_SPACE = "zero-shot"
+
+
+def _as_results(qids: Sequence[str], hits: list[list[Hit]]) -> dict[str, dict[str, float]]:
+    return {qid: {h.doc_id: h.score for h in hs} for qid, hs in zip(qids, hits)}
+
+
+def _encode_corpus_into(backend: Backend, space: str, encoder, progress: ProgressFactory) -> None:
+    docs = list(backend.iter_documents())
+    vecs = encoder.encode([d.full_text() for d in docs], batch_size=64, progress=progress)
+    for start in range(0, len(docs), 10_000):
+        backend.put_vectors(space, [d.id for d in docs[start : start + 10_000]], vecs[start : start + 10_000])
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    qrels: dict[str, dict[str, int]],
+    queries: dict[str, str],
+    *,
+    systems: Sequence[str] = SYSTEMS,
+    backend: Backend | None = None,
+    k: int = 100,
+    progress: ProgressFactory = silent,
+) -> dict[str, dict[str, float]]:
+    """Metrics (nDCG@10, Recall@100, MRR@10) per system for the queries that have qrels."""
+    import json
+
+    from rgpl_adapt.encoding import SentenceTransformerEncoder
+    from rgpl_adapt.evaluation import evaluate
+    from rgpl_adapt.models import load_sentence_transformer
+    from rgpl_adapt.pipeline import DENSE_SPACE, PipelineError, hybrid_weight_of, load_encoder, open_embedded
+
+    run_dir = Path(run_dir)
+    unknown = set(systems) - set(SYSTEMS)
+    if unknown:
+        raise ValueError(f"unknown system(s) {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
+    cfg = AdaptConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    backend = backend or open_embedded(run_dir)
+    qids = [q for q in queries if q in qrels]
+    if not qids:
+        raise PipelineError("none of the queries has judgements in the qrels file; check the query ids")
+    texts = [queries[q] for q in qids]
+    table: dict[str, dict[str, float]] = {}
+    needs_adapted = {"adapted", "hybrid"} & set(systems)
+    encoder = load_encoder(run_dir / "export", cfg.export.onnx) if needs_adapted else None
+    qvecs: np.ndarray | None = encoder.encode(texts, batch_size=64) if encoder is not None else None
+    if needs_adapted and not backend.has_vectors(DENSE_SPACE):
+        _encode_corpus_into(backend, DENSE_SPACE, encoder, progress)
+    for system in systems:
+        if system == "bm25":
+            hits = backend.bm25_search(texts, k)
+        elif system == "zero-shot":
+            base = SentenceTransformerEncoder(load_sentence_transformer(cfg.training.student, resolve_device(cfg.device), cfg.training.max_seq_len))
+            if not backend.has_vectors(ZERO_SHOT_SPACE):
+                _encode_corpus_into(backend, ZERO_SHOT_SPACE, base, progress)
+            hits = backend.knn_search(ZERO_SHOT_SPACE, base.encode(texts, batch_size=64), k)
+        elif system == "adapted":
+            hits = backend.knn_search(DENSE_SPACE, qvecs, k)
+        else:
+            hits = backend.hybrid_search(DENSE_SPACE, texts, qvecs, k, weight=hybrid_weight_of(run_dir))
+        table[system] = evaluate(_as_results(qids, hits), qrels)
+    return table
+
+
+def describe(table: dict[str, dict[str, float]]) -> dict[str, Any]:
+    return {"systems": list(table), "metrics": table}

@@ -1,0 +1,377 @@
+"""The orchestrator: run the stages in order, each recorded in a manifest.
+
+A run folder holds everything::
+
+    runs/NAME/
+      config.json                 the AdaptConfig of the run
+      index/                      the embedded backend (BM25 + vector spaces)   [embedded only]
+      queries/    queries.jsonl   generated pseudo queries (+ parts/ while running)
+      negatives/  pools.jsonl     initial hard negatives
+      train/      rounds/ checkpoints/ final/ log.jsonl scores.*
+      export/     sentence-transformers/ onnx/
+      serve/                      manifest of the vectors written back for search
+      report.json                 per-stage timings and statistics
+
+A stage is skipped only when its manifest's fingerprint (config of the stage, model ids, the
+fingerprint of its inputs) matches; otherwise it is rebuilt, and everything after it too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from rgpl_adapt.config import AdaptConfig
+from rgpl_adapt.devices import resolve_device
+from rgpl_adapt.manifest import Manifest, invalidate, is_complete, read_manifest, write_manifest
+from rgpl_adapt.progress import ProgressFactory, silent
+from rgpl_adapt.records import GeneratedQuery, NegativePool, read_jsonl, write_jsonl
+from rgpl_plugin.base import Backend, Document
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[str, dict[str, Any]], None]
+DENSE_SPACE = "dense"
+HOLDOUT_MAX = 200
+
+
+def _ignore(event: str, info: dict[str, Any]) -> None:
+    pass
+
+
+class PipelineError(RuntimeError):
+    """A run cannot go on; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class AdaptResult:
+    run_dir: Path
+    model_dir: Path
+    onnx_dir: Path | None
+    report: dict[str, Any]
+
+
+def open_embedded(run_dir: str | os.PathLike) -> Backend:
+    """The embedded backend of a run folder (reopened, never rebuilt)."""
+    from rgpl_plugin.embedded import EmbeddedBackend
+
+    path = Path(run_dir) / "index"
+    if not path.exists():
+        raise PipelineError(f"{run_dir} has no embedded index: run `rgpl-adapt adapt --corpus ... --out {run_dir}` first")
+    return EmbeddedBackend.open(path)
+
+
+class Pipeline:
+    """One adaptation run. ``backend=None`` builds the embedded default from ``cfg.corpus``."""
+
+    def __init__(
+        self,
+        cfg: AdaptConfig,
+        run_dir: str | os.PathLike,
+        *,
+        backend: Backend | None = None,
+        progress: ProgressFactory = silent,
+        on_event: EventSink = _ignore,
+    ) -> None:
+        self.cfg = cfg
+        self.dir = Path(run_dir)
+        self.backend = backend
+        self.progress = progress
+        self.emit = on_event
+        self.device = resolve_device(cfg.device)
+        self.report: dict[str, Any] = {"stages": {}}
+        self._upstream = ""  # fingerprint chain
+
+    # ------------------------------------------------------------------ stage plumbing
+    def _stage(self, name: str, inputs: dict[str, Any], build: Callable[[Path], dict[str, Any]]) -> Manifest:
+        stage_dir = self.dir / name
+        expected = Manifest.for_inputs(name, upstream=self._upstream, **inputs)
+        if is_complete(stage_dir, expected):
+            found = read_manifest(stage_dir)
+            assert found is not None
+            self.emit("stage_skipped", {"stage": name, "reason": "manifest matches", **found.outputs})
+            self.report["stages"][name] = {"skipped": True, **found.outputs}
+            self._upstream = expected.fingerprint
+            return found
+        if read_manifest(stage_dir) is not None:
+            self.emit("stage_stale", {"stage": name, "reason": "settings or inputs changed"})
+            invalidate(stage_dir)
+        self.emit("stage_started", {"stage": name})
+        t0 = time.perf_counter()
+        outputs = build(stage_dir)
+        outputs["seconds"] = round(time.perf_counter() - t0, 3)
+        done = write_manifest(stage_dir, expected, outputs)
+        self.emit("stage_done", {"stage": name, **outputs})
+        self.report["stages"][name] = outputs
+        self._upstream = expected.fingerprint
+        return done
+
+    # ------------------------------------------------------------------ stages
+    def _stage_index(self) -> list[Document]:
+        from rgpl_adapt.corpus import fingerprint, read_corpus
+
+        if self.backend is not None:
+            docs = list(self.backend.iter_documents())
+            self._upstream = f"{self.backend.name}:{len(docs)}"
+            self.report["stages"]["corpus"] = {"documents": len(docs), "backend": self.backend.name}
+            return docs
+        if not self.cfg.corpus.path:
+            raise PipelineError("no corpus: pass --corpus PATH (a BEIR folder or a JSONL file) or --index NAME")
+        docs, stats = read_corpus(self.cfg.corpus)
+        self.emit("corpus_read", {"summary": stats.summary(), "kept": stats.kept, "skipped": stats.skipped})
+        self.report["stages"]["corpus"] = {"documents": stats.kept, "read": stats.read, "skipped": stats.skipped}
+
+        def build(stage_dir: Path) -> dict[str, Any]:
+            from rgpl_plugin.embedded import EmbeddedBackend
+
+            backend = EmbeddedBackend.create(stage_dir, docs, progress=self.progress, overwrite=True)
+            backend.close()
+            return {"documents": len(docs)}
+
+        self._stage("index", {"corpus": fingerprint(self.cfg.corpus.path, self.cfg.corpus)}, build)
+        self.backend = open_embedded(self.dir)
+        return docs
+
+    def _stage_queries(self, docs: list[Document]) -> list[GeneratedQuery]:
+        gc = self.cfg.generation
+
+        def build(stage_dir: Path) -> dict[str, Any]:
+            from rgpl_adapt.generation import load_generator, plan_generation
+
+            rng = random.Random(gc.seed)
+            selected, qpp = plan_generation(docs, gc, rng)
+            parts = stage_dir / "parts"
+            parts.mkdir(parents=True, exist_ok=True)
+            pending = stage_dir / "pending.json"
+            key = Manifest.for_inputs("queries-parts", upstream=self._upstream, gen=gc).fingerprint
+            if not pending.exists() or json.loads(pending.read_text()).get("key") != key:
+                for old in parts.glob("*.jsonl"):
+                    old.unlink()
+                pending.write_text(json.dumps({"key": key}))
+            chunk = max(gc.batch_size * 8, 256)
+            generator = None
+            stats_total: dict[str, int] = {}
+            with self.progress(total=len(selected), desc="generating queries", unit="passage") as bar:
+                for i, start in enumerate(range(0, len(selected), chunk)):
+                    part = parts / f"part-{i:05d}.jsonl"
+                    if part.exists():  # finished before an interruption: reuse
+                        bar.update(min(chunk, len(selected) - start))
+                        continue
+                    if generator is None:
+                        generator = load_generator(gc, self.device)
+                    from rgpl_adapt.generation import generate_queries
+
+                    queries, stats = generate_queries(selected[start : start + chunk], generator, replace(gc, queries_per_passage=qpp))
+                    write_jsonl(part, queries)
+                    for key_, value in stats.__dict__.items() if hasattr(stats, "__dict__") else []:
+                        if isinstance(value, int):
+                            stats_total[key_] = stats_total.get(key_, 0) + value
+                    bar.update(min(chunk, len(selected) - start))
+            seen: set[str] = set()
+            merged: list[GeneratedQuery] = []
+            for part in sorted(parts.glob("part-*.jsonl")):
+                for q in read_jsonl(part, GeneratedQuery):
+                    norm = " ".join(q.text.lower().split())
+                    if norm in seen:  # the same query from two passages is ambiguous: keep the first
+                        continue
+                    seen.add(norm)
+                    merged.append(q)
+            if not merged:
+                raise PipelineError("query generation produced no usable query; check the generator model")
+            n = write_jsonl(stage_dir / "queries.jsonl", merged)
+            return {"queries": n, "passages": len(selected), "queries_per_passage": qpp, **stats_total}
+
+        self._stage("queries", {"generation": gc, "device_independent": True}, build)
+        return list(read_jsonl(self.dir / "queries" / "queries.jsonl", GeneratedQuery))
+
+    def _split(self, queries: list[GeneratedQuery]) -> tuple[list[GeneratedQuery], list[GeneratedQuery]]:
+        """Training queries and a held-out set (for the hybrid weight and periodic checks)."""
+        n_hold = min(HOLDOUT_MAX, len(queries) // 20)
+        rng = random.Random(self.cfg.training.seed)
+        order = list(range(len(queries)))
+        rng.shuffle(order)
+        hold = set(order[:n_hold])
+        return [q for i, q in enumerate(queries) if i not in hold], [q for i, q in enumerate(queries) if i in hold]
+
+    def _stage_negatives(self, queries: list[GeneratedQuery]) -> list[NegativePool]:
+        mc = self.cfg.mining
+
+        def build(stage_dir: Path) -> dict[str, Any]:
+            from rgpl_adapt.encoding import SentenceTransformerEncoder
+            from rgpl_adapt.mining import mine_negatives
+            from rgpl_adapt.models import load_sentence_transformer
+
+            retrievers = [
+                (name, SentenceTransformerEncoder(load_sentence_transformer(name, self.device, mc.max_seq_len)))
+                for name in mc.retrievers
+            ]
+            pools = mine_negatives(
+                queries,
+                self.backend,
+                retrievers=retrievers,
+                bm25=mc.bm25,
+                k=mc.k,
+                encode_batch_size=mc.encode_batch_size,
+                progress=self.progress,
+            )
+            n = write_jsonl(stage_dir / "pools.jsonl", pools)
+            empty = sum(1 for p in pools if not p.all_ids())
+            return {"pools": n, "empty_pools": empty, "sources": ["bm25"] * mc.bm25 + list(mc.retrievers)}
+
+        self._stage("negatives", {"mining": mc}, build)
+        return list(read_jsonl(self.dir / "negatives" / "pools.jsonl", NegativePool))
+
+    def _stage_train(self, docs, queries, pools, *, resume: bool, restart: bool, stop_after: int | None):
+        from rgpl_adapt.labeling import ScoreCache, load_teacher
+        from rgpl_adapt.training import Trainer, TrainingData
+
+        tc = self.cfg.training
+        train_q, _ = self._split(queries)
+        train_ids = {q.qid for q in train_q}
+        data = TrainingData(queries=train_q, doc_ids=[d.id for d in docs], doc_texts=[d.full_text() for d in docs])
+        pools = [p for p in pools if p.qid in train_ids]
+
+        def build(stage_dir: Path) -> dict[str, Any]:
+            import shutil
+
+            if restart:
+                for sub in ("checkpoints", "rounds", "final"):
+                    shutil.rmtree(stage_dir / sub, ignore_errors=True)
+                (stage_dir / "log.jsonl").unlink(missing_ok=True)
+            cache = ScoreCache(stage_dir / "scores.jsonl")
+            trainer = Trainer(
+                self.cfg,
+                stage_dir,
+                student_path=tc.student,
+                backend=self.backend,
+                data=data,
+                initial_pools=pools,
+                teacher=lambda: load_teacher(self.cfg.labels, self.device),
+                cache=cache,
+                device=self.device,
+                progress=self.progress,
+                stop_after=stop_after,
+            )
+            result = trainer.run(resume=resume)
+            return {
+                "steps": result.steps,
+                "final_loss": result.final_loss,
+                "rounds": result.rounds,
+                "model_dir": str(result.model_dir),
+            }
+
+        self._stage("train", {"training": tc, "remine": self.cfg.remine, "labels": self.cfg.labels}, build)
+        return self.dir / "train" / "final"
+
+    def _stage_export(self, model_dir: Path, docs: list[Document]) -> Path:
+        ec = self.cfg.export
+
+        def build(stage_dir: Path) -> dict[str, Any]:
+            from rgpl_adapt.export import export_model
+
+            rng = random.Random(0)
+            samples = [d.full_text() for d in rng.sample(docs, min(32, len(docs)))]
+            res = export_model(str(model_dir), stage_dir, ec, sample_texts=samples, progress=self.progress)
+            return {k: (str(v) if isinstance(v, Path) else v) for k, v in res.__dict__.items()}
+
+        self._stage("export", {"export": ec}, build)
+        return self.dir / "export"
+
+    def _stage_serve(self, export_dir: Path, docs: list[Document], queries: list[GeneratedQuery]) -> dict[str, Any]:
+        def build(stage_dir: Path) -> dict[str, Any]:
+            from rgpl_adapt.onnx_encoder import OnnxEncoder
+
+            encoder = load_encoder(export_dir, self.cfg.export.onnx)
+            ids = [d.id for d in docs]
+            vecs = encoder.encode([d.full_text() for d in docs], batch_size=64, progress=self.progress)
+            self.backend.drop_vectors(DENSE_SPACE)
+            for start in range(0, len(ids), 10_000):
+                self.backend.put_vectors(DENSE_SPACE, ids[start : start + 10_000], vecs[start : start + 10_000])
+            _, held = self._split(queries)
+            weights = choose_hybrid_weight(self.backend, encoder, held)
+            return {"vectors": len(ids), "space": DENSE_SPACE, **weights, "onnx": isinstance(encoder, OnnxEncoder)}
+
+        m = self._stage("serve", {"vectors": DENSE_SPACE}, build)
+        return m.outputs
+
+    # ------------------------------------------------------------------ public
+    def run(self, *, resume: bool = False, restart: bool = False, stop_after: int | None = None) -> AdaptResult:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+        t0 = time.perf_counter()
+        docs = self._stage_index()
+        if len(docs) < 2:
+            raise PipelineError("the corpus needs at least 2 documents (a positive and a negative)")
+        queries = self._stage_queries(docs)
+        pools = self._stage_negatives(queries)
+        model_dir = self._stage_train(docs, queries, pools, resume=resume, restart=restart, stop_after=stop_after)
+        export_dir = self._stage_export(model_dir, docs)
+        self._stage_serve(export_dir, docs, queries)
+        self.report["seconds"] = round(time.perf_counter() - t0, 3)
+        self.report["device"] = self.device
+        (self.dir / "report.json").write_text(json.dumps(self.report, indent=2, default=str))
+        onnx_dir = export_dir / "onnx" if (export_dir / "onnx").exists() else None
+        return AdaptResult(self.dir, export_dir / "sentence-transformers", onnx_dir, self.report)
+
+
+def load_encoder(export_dir: str | os.PathLike, prefer_onnx: bool = True):
+    """The exported model as a TextEncoder: ONNX when exported, else the torch model."""
+    export_dir = Path(export_dir)
+    if prefer_onnx and (export_dir / "onnx" / "model.onnx").exists():
+        from rgpl_adapt.onnx_encoder import OnnxEncoder
+
+        return OnnxEncoder(export_dir / "onnx")
+    from rgpl_adapt.encoding import SentenceTransformerEncoder
+    from rgpl_adapt.models import load_sentence_transformer
+
+    return SentenceTransformerEncoder(load_sentence_transformer(str(export_dir / "sentence-transformers")))
+
+
+def choose_hybrid_weight(backend: Backend, encoder, held_out: list[GeneratedQuery], k: int = 10) -> dict[str, Any]:
+    """Pick the dense weight of min-max hybrid search by MRR@10 on held-out pseudo queries.
+
+    Each held-out query's positive is the passage it was generated from (never trained on).
+    """
+    if not held_out:
+        return {"hybrid_weight": 0.5, "hybrid_weight_reason": "default (no held-out queries)"}
+    texts = [q.text for q in held_out]
+    vecs = encoder.encode(texts, batch_size=64)
+    sweep: dict[str, float] = {}
+    for w in [i / 10 for i in range(11)]:
+        results = backend.hybrid_search(DENSE_SPACE, texts, vecs, k, weight=w, method="min_max")
+        rr = 0.0
+        for q, hits in zip(held_out, results):
+            for rank, hit in enumerate(hits, 1):
+                if hit.doc_id == q.doc_id:
+                    rr += 1.0 / rank
+                    break
+        sweep[f"{w:.1f}"] = round(rr / len(held_out), 4)
+    best = max(sweep, key=lambda key: (sweep[key], -abs(float(key) - 0.5)))
+    return {
+        "hybrid_weight": float(best),
+        "hybrid_weight_reason": f"best MRR@{k} on {len(held_out)} held-out pseudo queries",
+        "hybrid_sweep_mrr": sweep,
+    }
+
+
+def read_report(run_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(run_dir) / "report.json"
+    if not path.exists():
+        raise PipelineError(f"{run_dir} has no report.json: the adaptation has not finished")
+    return json.loads(path.read_text())
+
+
+def hybrid_weight_of(run_dir: str | os.PathLike) -> float:
+    m = read_manifest(Path(run_dir) / "serve")
+    if m is None:
+        return 0.5
+    w = m.outputs.get("hybrid_weight", 0.5)
+    return 0.5 if w is None or (isinstance(w, float) and math.isnan(w)) else float(w)

@@ -1,0 +1,78 @@
+"""Stage 6 (what R-GPL adds to GPL): re-mine hard negatives with the current student.
+
+Encode the corpus with the student being trained (then put it back in train mode), write the
+vectors to a backend vector space, search it with each generated query, and replace the
+negative pool with the student's own top-k (positives excluded). The student thus keeps
+meeting the passages it now confuses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from rgpl_adapt.encoding import encode_texts
+from rgpl_adapt.mining import churn, remine_pools
+from rgpl_adapt.progress import ProgressFactory, silent
+from rgpl_adapt.records import GeneratedQuery, NegativePool
+from rgpl_plugin.base import Backend
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sentence_transformers import SentenceTransformer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RemineResult:
+    pools: list[NegativePool]
+    churn: float  # share of the new negatives that were not in the previous pool
+    space: str
+
+
+def space_name(round_index: int) -> str:
+    return f"student-r{round_index}"
+
+
+def remine(
+    student: SentenceTransformer,
+    backend: Backend,
+    queries: Sequence[GeneratedQuery],
+    doc_ids: Sequence[str],
+    doc_texts: Sequence[str],
+    *,
+    round_index: int,
+    k: int,
+    previous: Sequence[NegativePool] | None = None,
+    normalize: bool = False,
+    batch_size: int = 128,
+    progress: ProgressFactory = silent,
+) -> RemineResult:
+    """Encode the corpus with ``student``, search it for every query, return the new pools.
+
+    ``normalize`` must be True when training with cosine similarity, so that the backend's
+    inner-product search ranks by cosine. The student's train/eval mode is restored.
+    """
+    space = space_name(round_index)
+    doc_vecs = encode_texts(
+        student, doc_texts, batch_size, normalize=normalize, progress=progress, desc=f"remine r{round_index}: corpus"
+    )
+    backend.drop_vectors(space)
+    for start in range(0, len(doc_ids), 10_000):
+        backend.put_vectors(space, doc_ids[start : start + 10_000], doc_vecs[start : start + 10_000])
+    del doc_vecs
+    q_vecs = encode_texts(
+        student,
+        [q.text for q in queries],
+        batch_size,
+        normalize=normalize,
+        progress=progress,
+        desc=f"remine r{round_index}: queries",
+    )
+    pools = remine_pools(queries, backend, space, q_vecs, k)
+    backend.drop_vectors(space)
+    moved = churn(previous, pools) if previous is not None else 1.0
+    log.info("remining round %d: %.1f%% of negatives are new", round_index, 100 * moved)
+    return RemineResult(pools=pools, churn=moved, space=space)
