@@ -1,0 +1,390 @@
+"""The embedded default backend: a folder with a tantivy BM25 index, a document store and vectors.
+
+No server needed: ``rgpl-adapt`` can adapt and serve a retriever over a folder such as
+``runs/x/index/``::
+
+    backend.json     format version, document count, duplicate ids skipped, vector spaces
+    tantivy/         BM25 index: id (stored, raw), title + text (English stemming), ord (fast u64)
+    docs.sqlite      documents by insertion order (``ord``) and id: fast, stable-ordered reads
+    vectors/<space>/ named vector spaces (see :mod:`rgpl_plugin.vectors`)
+
+The document store is SQLite (stdlib, indexed lookups by id without loading every id into
+memory, keyset pagination for ``iter_documents``). BM25 hits are resolved to ids through a fast
+``ord`` field instead of loading stored tantivy documents.
+
+Queries are never given to tantivy's query parser: they are analysed with the same analyser the
+index uses (simple tokenizer, remove tokens > 40 bytes, lowercase, English Snowball stemmer, i.e.
+tantivy's ``en_stem``) and turned into a disjunction of term queries over title and text, so any
+string (``?``, ``:``, quotes, ``AND``, parentheses, ``-``) is searched as plain words.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rgpl_plugin.base import BackendError, Document, FusionMethod, Hit, batched
+from rgpl_plugin.fusion import fuse
+from rgpl_plugin.vectors import DEFAULT_HNSW_THRESHOLD, VectorStore, check_space_name
+
+from rgpl_adapt.progress import ProgressFactory, silent
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "rgpl-embedded"
+FORMAT_VERSION = 1
+META_FILE = "backend.json"
+TOKENIZER_NAME = "rgpl_en_stem"
+_SEARCH_FIELDS = ("title", "text")
+_WRITER_HEAP = 128_000_000
+_SQL_CHUNK = 500
+
+
+def _tantivy() -> Any:
+    from rgpl_adapt.devices import require
+
+    return require("tantivy")
+
+
+def english_analyzer() -> Any:
+    """tantivy's ``en_stem`` pipeline, built explicitly so index and queries share one analyser."""
+    tv = _tantivy()
+    return (
+        tv.TextAnalyzerBuilder(tv.Tokenizer.simple())
+        .filter(tv.Filter.remove_long(40))
+        .filter(tv.Filter.lowercase())
+        .filter(tv.Filter.stemmer("english"))
+        .build()
+    )
+
+
+def _schema() -> Any:
+    tv = _tantivy()
+    sb = tv.SchemaBuilder()
+    sb.add_text_field("id", stored=True, tokenizer_name="raw")
+    for field in _SEARCH_FIELDS:
+        sb.add_text_field(field, stored=False, tokenizer_name=TOKENIZER_NAME, index_option="freq")
+    sb.add_unsigned_field("ord", stored=False, indexed=False, fast=True)
+    return sb.build()
+
+
+def is_index(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds an embedded index (its ``backend.json`` names this format)."""
+    meta = Path(path) / META_FILE
+    try:
+        return json.loads(meta.read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _write_meta(folder: Path, meta: dict[str, Any]) -> None:
+    tmp = folder / (META_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    os.replace(tmp, folder / META_FILE)
+
+
+class EmbeddedBackend:
+    """A :class:`rgpl_plugin.base.Backend` stored in one folder. Use :meth:`create` or :meth:`open`."""
+
+    name = "embedded"
+
+    def __init__(self, path: Path, *, hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD) -> None:
+        """Open the index at ``path`` (prefer :meth:`open`, which documents the errors)."""
+        self.path = Path(path)
+        if not is_index(self.path):
+            raise BackendError(
+                f"{self.path} is not an embedded rgpl index (no valid {META_FILE}); "
+                "build one with EmbeddedBackend.create(path, documents)"
+            )
+        self.meta: dict[str, Any] = json.loads((self.path / META_FILE).read_text())
+        if self.meta.get("format_version") != FORMAT_VERSION:
+            raise BackendError(
+                f"{self.path} has index format version {self.meta.get('format_version')}, this version "
+                f"of rgpl-adapt reads version {FORMAT_VERSION}; rebuild it with EmbeddedBackend.create(..., overwrite=True)"
+            )
+        tv = _tantivy()
+        self._index = tv.Index.open(str(self.path / "tantivy"))
+        self._analyzer = english_analyzer()
+        self._index.register_tokenizer(TOKENIZER_NAME, self._analyzer)
+        self._schema = self._index.schema
+        uri = (self.path / "docs.sqlite").resolve().as_uri() + "?mode=ro"
+        self._db: sqlite3.Connection | None = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        self._ids: list[str] | None = None
+        self._vectors = VectorStore(self.path / "vectors", hnsw_threshold=hnsw_threshold)
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        documents: Iterable[Document],
+        *,
+        progress: ProgressFactory = silent,
+        overwrite: bool = False,
+        hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD,
+    ) -> EmbeddedBackend:
+        """Index ``documents`` into a new folder ``path`` and return the opened backend.
+
+        Refuses an existing index unless ``overwrite=True``, and never writes into a non-empty
+        folder that is not an index. The build happens in a sibling temp folder that replaces
+        ``path`` only once complete, so a failed build leaves an old index intact. A repeated
+        document id keeps its first document; the others are counted in ``duplicate_ids``.
+        """
+        path = Path(path)
+        if path.exists():
+            if is_index(path):
+                if not overwrite:
+                    raise BackendError(
+                        f"an index already exists at {path}; pass overwrite=True to replace it "
+                        "or choose another folder"
+                    )
+            elif not path.is_dir() or any(path.iterdir()):
+                raise BackendError(
+                    f"{path} exists and is not an empty folder or an embedded index; refusing to write "
+                    "into it, choose another folder"
+                )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.building-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        try:
+            count, duplicates = _build(tmp, documents, progress)
+            _write_meta(
+                tmp,
+                {
+                    "format": FORMAT,
+                    "format_version": FORMAT_VERSION,
+                    "doc_count": count,
+                    "duplicate_ids": duplicates,
+                    "tokenizer": "en_stem (simple, remove_long 40, lowercase, english stemmer)",
+                    "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "spaces": {},
+                },
+            )
+            _swap_into_place(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if duplicates:
+            logger.warning("%d documents with an already-seen id were skipped (first one kept)", duplicates)
+        logger.info("indexed %d documents into %s", count, path)
+        return cls(path, hnsw_threshold=hnsw_threshold)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD) -> EmbeddedBackend:
+        """Reopen an index built by :meth:`create` without rebuilding anything.
+
+        Raises :class:`BackendError` when ``path`` is not an embedded index.
+        """
+        return cls(Path(path), hnsw_threshold=hnsw_threshold)
+
+    # -------------------------------------------------------------- documents
+    @property
+    def duplicate_ids(self) -> int:
+        """How many input documents were skipped at build time because their id was already seen."""
+        return int(self.meta.get("duplicate_ids", 0))
+
+    def count(self) -> int:
+        return int(self.meta["doc_count"])
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise BackendError(f"the index at {self.path} was closed; open it again with EmbeddedBackend.open")
+        return self._db
+
+    def iter_documents(self, batch_size: int = 1000) -> Iterator[Document]:
+        """Every document once, in insertion order."""
+        last = -1
+        while True:
+            rows = (
+                self._conn()
+                .execute("SELECT ord, id, title, text FROM docs WHERE ord > ? ORDER BY ord LIMIT ?", (last, batch_size))
+                .fetchall()
+            )
+            if not rows:
+                return
+            for _, doc_id, title, text in rows:
+                yield Document(id=doc_id, text=text, title=title)
+            last = rows[-1][0]
+
+    def get_documents(self, ids: Sequence[str]) -> list[Document]:
+        """The documents with these ids, in the same order; KeyError naming unknown ids."""
+        found: dict[str, Document] = {}
+        for chunk in batched(dict.fromkeys(ids), _SQL_CHUNK):
+            marks = ",".join("?" * len(chunk))
+            for doc_id, title, text in self._conn().execute(
+                f"SELECT id, title, text FROM docs WHERE id IN ({marks})", chunk
+            ):
+                found[doc_id] = Document(id=doc_id, text=text, title=title)
+        missing = [i for i in dict.fromkeys(ids) if i not in found]
+        if missing:
+            raise KeyError(f"{len(missing)} unknown document id(s) in {self.path}, e.g. {missing[:5]}")
+        return [found[i] for i in ids]
+
+    def _id_by_ord(self) -> list[str]:
+        if self._ids is None:
+            self._ids = [r[0] for r in self._conn().execute("SELECT id FROM docs ORDER BY ord")]
+        return self._ids
+
+    # ------------------------------------------------------------------- BM25
+    def analyze(self, text: str) -> list[str]:
+        """The index terms of ``text`` (what :meth:`bm25_search` looks up)."""
+        return self._analyzer.analyze(text) if text else []
+
+    def bm25_search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+        """Top-``k`` BM25 hits per query text over title and text; any string is safe."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if isinstance(queries, str):
+            raise TypeError("queries must be a sequence of strings, not one string; wrap it in a list")
+        tv = _tantivy()
+        searcher = self._index.searcher()
+        ids = self._id_by_ord()
+        out: list[list[Hit]] = []
+        for text in queries:
+            if not isinstance(text, str):
+                raise TypeError(f"a query must be a string, got {type(text).__name__}")
+            terms = self.analyze(text)
+            if not terms:
+                out.append([])
+                continue
+            query = tv.Query.boolean_query(
+                [
+                    (tv.Occur.Should, tv.Query.term_query(self._schema, field, term))
+                    for term in terms
+                    for field in _SEARCH_FIELDS
+                ]
+            )
+            result = searcher.search(query, k, count=False)
+            addresses = [address for _, address in result.hits]
+            ords = searcher.fast_field_values("ord", addresses) if addresses else []
+            out.append([Hit(ids[o], float(score)) for (score, _), o in zip(result.hits, ords)])
+        return out
+
+    # ---------------------------------------------------------------- vectors
+    def put_vectors(self, space: str, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Add or replace (by id) float32 vectors in ``space``; call it in as many batches as needed."""
+        self._vectors.put(space, list(ids), np.asarray(vectors))
+        if len(ids):
+            spaces = self.meta.setdefault("spaces", {})
+            dim = int(np.asarray(vectors).shape[1])
+            if spaces.get(space) != {"dim": dim}:
+                spaces[space] = {"dim": dim}
+                _write_meta(self.path, self.meta)
+
+    def knn_search(self, space: str, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        """Top-``k`` inner-product neighbours; exact up to ``hnsw_threshold`` vectors, else HNSW."""
+        try:
+            return self._vectors.search(space, np.asarray(queries), k)
+        except KeyError as exc:
+            raise KeyError(f"{exc.args[0]} (index {self.path})") from None
+
+    def has_vectors(self, space: str) -> bool:
+        return self._vectors.has(space)
+
+    def drop_vectors(self, space: str) -> None:
+        check_space_name(space)
+        self._vectors.drop(space)
+        if self.meta.get("spaces", {}).pop(space, None) is not None:
+            _write_meta(self.path, self.meta)
+
+    def hybrid_search(
+        self,
+        space: str,
+        texts: Sequence[str],
+        vectors: np.ndarray,
+        k: int,
+        *,
+        weight: float = 0.5,
+        method: FusionMethod = "min_max",
+    ) -> list[list[Hit]]:
+        """BM25 top-``k`` fused with k-NN top-``k`` per query (see :func:`rgpl_plugin.fusion.fuse`).
+
+        Like an OpenSearch hybrid query, each sub-query returns ``k`` hits and fusion runs over
+        their union; ``weight`` is the dense share (``min_max`` only).
+        """
+        vectors = np.asarray(vectors)
+        if len(texts) != len(vectors):
+            raise ValueError(f"got {len(texts)} texts for {len(vectors)} query vectors; they must match")
+        bm25 = self.bm25_search(texts, k)
+        dense = self.knn_search(space, vectors, k)
+        return [fuse(b, d, k, weight=weight, method=method) for b, d in zip(bm25, dense)]
+
+    # --------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Close the document store; searching afterwards raises BackendError."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def __enter__(self) -> EmbeddedBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"EmbeddedBackend({str(self.path)!r}, docs={self.meta.get('doc_count')})"
+
+
+def _build(folder: Path, documents: Iterable[Document], progress: ProgressFactory) -> tuple[int, int]:
+    """Write tantivy/ and docs.sqlite into ``folder``; return (documents indexed, duplicates skipped)."""
+    tv = _tantivy()
+    (folder / "tantivy").mkdir()
+    index = tv.Index(_schema(), path=str(folder / "tantivy"))
+    index.register_tokenizer(TOKENIZER_NAME, english_analyzer())
+    writer = index.writer(_WRITER_HEAP, 0)
+    db = sqlite3.connect(folder / "docs.sqlite")
+    db.execute("PRAGMA journal_mode=OFF")
+    db.execute("PRAGMA synchronous=OFF")
+    db.execute("CREATE TABLE docs (ord INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, title TEXT NOT NULL, text TEXT NOT NULL)")
+    seen: set[str] = set()
+    n = duplicates = 0
+    total = len(documents) if hasattr(documents, "__len__") else None  # type: ignore[arg-type]
+    with progress(total=total, desc="indexing documents", unit="doc") as bar:
+        for batch in batched(documents, 1000):
+            rows = []
+            for doc in batch:
+                if not isinstance(doc.id, str) or not isinstance(doc.text, str):
+                    raise TypeError(f"documents need a str id and text, got {doc!r:.200}")
+                if doc.id in seen:
+                    duplicates += 1
+                    continue
+                seen.add(doc.id)
+                title = doc.title or ""
+                td = tv.Document()
+                td.add_text("id", doc.id)
+                td.add_text("title", title)
+                td.add_text("text", doc.text)
+                td.add_unsigned("ord", n)
+                writer.add_document(td)
+                rows.append((n, doc.id, title, doc.text))
+                n += 1
+            db.executemany("INSERT INTO docs VALUES (?, ?, ?, ?)", rows)
+            bar.update(len(batch))
+    writer.commit()
+    writer.wait_merging_threads()
+    db.commit()
+    db.close()
+    return n, duplicates
+
+
+def _swap_into_place(built: Path, path: Path) -> None:
+    """Replace ``path`` (an empty folder, an old index or nothing) with the finished ``built`` folder."""
+    if not path.exists():
+        built.rename(path)
+        return
+    old = path.parent / f".{path.name}.old-{os.getpid()}"
+    path.rename(old)
+    built.rename(path)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,304 @@
+"""Named vector spaces on disk: exact inner-product top-k, or a usearch HNSW index when large.
+
+Layout of one space under ``<root>/<space>/``::
+
+    ids.json            the document id of each row of vectors.npy
+    vectors.npy         float32 matrix, one row per document
+    seg-000001.npy      vectors written by a later put() and not yet merged
+    seg-000001.ids.json
+    hnsw.usearch        HNSW graph over vectors.npy (only above ``hnsw_threshold`` rows)
+
+``put`` only appends a segment (cheap, so the pipeline can write in many batches); the first
+search afterwards merges segments into ``vectors.npy`` (a later vector replaces an earlier one
+with the same id, in place) and drops a stale HNSW graph.
+
+Search is exact for spaces of at most ``hnsw_threshold`` vectors: a chunked matrix product and
+``argpartition``, no Python loop over vectors. Above it a usearch HNSW index (metric ``ip``) is
+built once and saved next to the vectors; the scores of its candidates are recomputed exactly.
+When usearch is not installed, search **falls back to exact** with a logged warning (exact is
+always correct, just slower) instead of failing a pipeline run; install ``rgpl-adapt[hnsw]``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rgpl_plugin.base import Hit
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HNSW_THRESHOLD = 200_000
+HNSW_CONNECTIVITY = 16
+HNSW_EXPANSION_ADD = 128
+HNSW_EXPANSION_SEARCH = 128
+_SPACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_CHUNK_ROWS = 32_768
+_QUERY_BATCH = 1_024
+
+
+def check_space_name(space: str) -> str:
+    """Return ``space`` if it is a safe folder name, else raise ValueError saying what is allowed."""
+    if not isinstance(space, str) or not _SPACE_NAME.match(space) or ".." in space:
+        raise ValueError(
+            f"invalid vector space name {space!r}: use letters, digits, '.', '_' or '-' "
+            "(at most 128 characters, starting with a letter or digit)"
+        )
+    return space
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, array)
+    os.replace(tmp, path)
+
+
+def _ids_path(segment: Path) -> Path:
+    """``seg-000001.npy`` -> ``seg-000001.ids.json``."""
+    return segment.with_name(segment.name[: -len(".npy")] + ".ids.json")
+
+
+def _atomic_write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def exact_topk(matrix: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` rows of ``matrix`` by inner product for each query.
+
+    Returns ``(rows, scores)``, both shaped ``(n_queries, min(k, n_rows))``, best first; ties
+    go to the lower row. Memory is bounded by chunking both queries and rows.
+    """
+    n = matrix.shape[0]
+    kk = min(k, n)
+    q_total = queries.shape[0]
+    rows_out = np.empty((q_total, kk), dtype=np.int64)
+    scores_out = np.empty((q_total, kk), dtype=np.float32)
+    for q0 in range(0, q_total, _QUERY_BATCH):
+        q = queries[q0 : q0 + _QUERY_BATCH]
+        cand_rows, cand_scores = [], []
+        for r0 in range(0, n, _CHUNK_ROWS):
+            s = q @ np.asarray(matrix[r0 : r0 + _CHUNK_ROWS]).T
+            if s.shape[1] > kk:
+                idx = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+                s = np.take_along_axis(s, idx, axis=1)
+            else:
+                idx = np.broadcast_to(np.arange(s.shape[1]), s.shape)
+            cand_rows.append(idx + r0)
+            cand_scores.append(s)
+        rows = np.concatenate(cand_rows, axis=1)
+        scores = np.concatenate(cand_scores, axis=1)
+        order = np.lexsort((rows, -scores), axis=1)[:, :kk]
+        rows_out[q0 : q0 + len(q)] = np.take_along_axis(rows, order, axis=1)
+        scores_out[q0 : q0 + len(q)] = np.take_along_axis(scores, order, axis=1)
+    return rows_out, scores_out
+
+
+@dataclass
+class _Loaded:
+    ids: list[str]
+    matrix: np.ndarray
+    hnsw: Any = None
+
+
+class VectorStore:
+    """All vector spaces of one index folder (``<index>/vectors``)."""
+
+    def __init__(self, root: Path, *, hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD) -> None:
+        self.root = Path(root)
+        self.hnsw_threshold = hnsw_threshold
+        self._cache: dict[str, _Loaded] = {}
+        self._warned_no_usearch = False
+
+    # ----------------------------------------------------------------- spaces
+    def spaces(self) -> list[str]:
+        """Names of the existing spaces, sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _SPACE_NAME.match(p.name))
+
+    def has(self, space: str) -> bool:
+        return (self.root / check_space_name(space)).is_dir()
+
+    def drop(self, space: str) -> None:
+        """Delete a space; a no-op when it does not exist."""
+        folder = self.root / check_space_name(space)
+        self._cache.pop(space, None)
+        if folder.is_dir():
+            shutil.rmtree(folder)
+
+    def describe(self, space: str) -> dict[str, int]:
+        """``{"dim": ..., "count": ...}`` of a space (merges pending segments)."""
+        loaded = self._load(space)
+        return {"dim": int(loaded.matrix.shape[1]), "count": len(loaded.ids)}
+
+    # ------------------------------------------------------------------ write
+    def put(self, space: str, ids: list[str], vectors: np.ndarray) -> None:
+        """Append (or replace, by id) vectors; a later call wins for a repeated id."""
+        folder = self.root / check_space_name(space)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2:
+            raise ValueError(f"vectors must be a 2-d array (n, dim), got shape {vectors.shape}")
+        if len(ids) != vectors.shape[0]:
+            raise ValueError(f"got {len(ids)} ids for {vectors.shape[0]} vectors; they must match")
+        if not np.isfinite(vectors).all():
+            raise ValueError("vectors contain NaN or infinity; check the encoder output")
+        if len(ids) == 0:
+            return
+        dim = self._dim_on_disk(folder)
+        if dim is not None and dim != vectors.shape[1]:
+            raise ValueError(
+                f"space {space!r} holds {dim}-d vectors, got {vectors.shape[1]}-d; "
+                "drop_vectors() it first or use another space name"
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+        n = 1 + max((int(p.name[4:10]) for p in folder.glob("seg-*.npy")), default=0)
+        _atomic_write_json(folder / f"seg-{n:06d}.ids.json", [str(i) for i in ids])
+        _atomic_save_npy(folder / f"seg-{n:06d}.npy", vectors)
+        self._cache.pop(space, None)
+
+    def _dim_on_disk(self, folder: Path) -> int | None:
+        for path in [folder / "vectors.npy", *sorted(folder.glob("seg-*.npy"))]:
+            if path.exists():
+                return int(np.load(path, mmap_mode="r").shape[1])
+        return None
+
+    def _merge(self, folder: Path) -> None:
+        """Fold pending segments into ids.json/vectors.npy, replacing rows of repeated ids in place."""
+        segments = sorted(folder.glob("seg-*.npy"))
+        if not segments:
+            return
+        if (folder / "vectors.npy").exists():
+            ids: list[str] = json.loads((folder / "ids.json").read_text())
+            base = np.load(folder / "vectors.npy", mmap_mode="r")
+        else:
+            ids, base = [], None
+        row_of = {doc_id: i for i, doc_id in enumerate(ids)}
+        plan = []  # per segment: (rows of the segment to keep, target rows in the merged matrix)
+        for seg in segments:
+            last: dict[str, int] = {}
+            for j, doc_id in enumerate(json.loads(_ids_path(seg).read_text())):
+                last[doc_id] = j  # a repeated id inside one call: the later vector wins
+            src, dst = np.empty(len(last), np.int64), np.empty(len(last), np.int64)
+            for n, (doc_id, j) in enumerate(last.items()):
+                row = row_of.get(doc_id)
+                if row is None:
+                    row = row_of[doc_id] = len(ids)
+                    ids.append(doc_id)
+                src[n], dst[n] = j, row
+            plan.append((src, dst))
+        dim = np.load(segments[0], mmap_mode="r").shape[1]
+        matrix = np.empty((len(ids), dim), np.float32)
+        if base is not None:
+            matrix[: base.shape[0]] = base
+        for seg, (src, dst) in zip(segments, plan):
+            matrix[dst] = np.load(seg)[src]
+        del base
+        _atomic_save_npy(folder / "vectors.npy", matrix)
+        _atomic_write_json(folder / "ids.json", ids)
+        for seg in segments:
+            seg.unlink()
+            _ids_path(seg).unlink()
+        (folder / "hnsw.usearch").unlink(missing_ok=True)
+
+    # ----------------------------------------------------------------- search
+    def _load(self, space: str) -> _Loaded:
+        if space in self._cache:
+            return self._cache[space]
+        folder = self.root / check_space_name(space)
+        if not folder.is_dir():
+            raise KeyError(f"vector space {space!r} does not exist; put_vectors() into it first")
+        self._merge(folder)
+        loaded = _Loaded(
+            ids=json.loads((folder / "ids.json").read_text()),
+            matrix=np.load(folder / "vectors.npy", mmap_mode="r"),
+        )
+        self._cache[space] = loaded
+        return loaded
+
+    def _hnsw(self, space: str, loaded: _Loaded) -> Any:
+        """The space's HNSW index (loaded or built and saved), or None to search exactly."""
+        if loaded.hnsw is not None:
+            return loaded.hnsw
+        try:
+            from rgpl_adapt.devices import require
+
+            usearch_index = require("usearch.index", extra="hnsw")
+        except ImportError as exc:
+            if not self._warned_no_usearch:
+                logger.warning("%s; searching %d vectors exactly instead (slower)", exc, len(loaded.ids))
+                self._warned_no_usearch = True
+            return None
+        path = self.root / space / "hnsw.usearch"
+        index = None
+        if path.exists():
+            try:
+                index = usearch_index.Index.restore(str(path))
+            except Exception as exc:  # a damaged file: rebuild rather than fail
+                logger.warning("could not load %s (%s); rebuilding it", path, exc)
+                index = None
+            if index is None or len(index) != len(loaded.ids) or index.ndim != loaded.matrix.shape[1]:
+                index = None
+        if index is None:
+            logger.info("building HNSW index for space %r (%d vectors)", space, len(loaded.ids))
+            index = usearch_index.Index(
+                ndim=int(loaded.matrix.shape[1]),
+                metric="ip",
+                dtype="f32",
+                connectivity=HNSW_CONNECTIVITY,
+                expansion_add=HNSW_EXPANSION_ADD,
+                expansion_search=HNSW_EXPANSION_SEARCH,
+            )
+            index.add(np.arange(len(loaded.ids), dtype=np.uint64), np.asarray(loaded.matrix), threads=0)
+            index.save(str(path))
+        index.expansion_search = HNSW_EXPANSION_SEARCH
+        loaded.hnsw = index
+        return index
+
+    def search(self, space: str, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        """Top-``k`` inner-product neighbours in ``space`` for each row of ``queries``."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        loaded = self._load(space)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        dim = loaded.matrix.shape[1]
+        if queries.ndim != 2 or queries.shape[1] != dim:
+            raise ValueError(f"queries must have shape (n, {dim}) for space {space!r}, got {queries.shape}")
+        if queries.shape[0] == 0 or not loaded.ids:
+            return [[] for _ in range(queries.shape[0])]
+        index = self._hnsw(space, loaded) if len(loaded.ids) > self.hnsw_threshold else None
+        if index is None:
+            rows, scores = exact_topk(loaded.matrix, queries, k)
+            counts = np.full(len(queries), rows.shape[1])
+        else:
+            rows, scores, counts = self._hnsw_search(index, loaded.matrix, queries, min(k, len(loaded.ids)))
+        ids = loaded.ids
+        return [
+            [Hit(ids[r], float(s)) for r, s in zip(rows[i, : counts[i]].tolist(), scores[i, : counts[i]].tolist())]
+            for i in range(len(queries))
+        ]
+
+    @staticmethod
+    def _hnsw_search(
+        index: Any, matrix: np.ndarray, queries: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        matches = index.search(queries, k, threads=0)
+        rows = np.asarray(matches.keys, dtype=np.int64).reshape(len(queries), -1)
+        counts = np.asarray(matches.counts).reshape(-1)
+        valid = np.arange(rows.shape[1])[None, :] < counts[:, None]
+        rows = np.where(valid, rows, 0)
+        candidates = np.asarray(matrix[rows.ravel()]).reshape(*rows.shape, -1)
+        scores = np.einsum("qkd,qd->qk", candidates, queries)  # exact scores for the candidates
+        scores = np.where(valid, scores, -np.inf).astype(np.float32)
+        order = np.lexsort((rows, -scores), axis=1)
+        return np.take_along_axis(rows, order, axis=1), np.take_along_axis(scores, order, axis=1), counts
