@@ -293,8 +293,12 @@ class VectorStore:
         index: Any, matrix: np.ndarray, queries: np.ndarray, k: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         matches = index.search(queries, k, threads=0)
-        rows = np.asarray(matches.keys, dtype=np.int64).reshape(len(queries), -1)
-        counts = np.asarray(matches.counts).reshape(-1)
+        if hasattr(matches, "counts"):  # BatchMatches: padded (n, k) arrays
+            rows = np.asarray(matches.keys, dtype=np.int64).reshape(len(queries), -1)
+            counts = np.asarray(matches.counts).reshape(-1)
+        else:  # a single query gives Matches with only the valid keys
+            rows = np.asarray(matches.keys, dtype=np.int64).reshape(1, -1)
+            counts = np.array([rows.shape[1]])
         valid = np.arange(rows.shape[1])[None, :] < counts[:, None]
         rows = np.where(valid, rows, 0)
         candidates = np.asarray(matrix[rows.ravel()]).reshape(*rows.shape, -1)
