@@ -1,0 +1,233 @@
+"""Zero-downtime write-back on OpenSearch: a new version index behind an alias.
+
+:func:`publish_version` serves a vector space of an :class:`~rgpl_plugin.opensearch.OpenSearchBackend`:
+
+1. create ``<alias>-rgpl-<version>`` with the source index's mapping and analysis settings plus
+   the ``knn_vector`` field (no replicas, no refresh while loading); the mapping's
+   ``_meta.rgpl`` records the version, the space and the index it replaces;
+2. copy the documents server-side with ``_reindex``, then stream the vectors from the space's
+   shadow index into it with bulk partial updates (429s retried);
+3. restore replicas and refresh interval, refresh, and verify: as many documents as the source,
+   and one vector per shadow document;
+4. :func:`swap_alias` in ONE ``_aliases`` call (remove old, add new), so readers never see a
+   missing or doubled alias.
+
+Any failure before the swap deletes the half-built version index (it is ours) and leaves the
+alias where it was. :func:`rollback` points the alias back at the index a version replaced.
+
+A concrete index named like the alias cannot coexist with the alias: taking its name over
+deletes that index in the same ``_aliases`` call (``remove_index``), so it needs
+``allow_alias_takeover=True`` and cannot be rolled back.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from rgpl_adapt.progress import ProgressFactory, silent
+
+from rgpl_plugin import mappings as m
+from rgpl_plugin.base import BackendError, batched
+from rgpl_plugin.errors import AliasSwapError, IndexMissingError
+
+log = logging.getLogger(__name__)
+
+AliasState = Literal["alias", "index", "absent"]
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    """What :func:`publish_version` did."""
+
+    alias: str
+    index: str
+    previous: str | None
+    documents: int
+    vectors: int
+
+
+def alias_state(client: Any, name: str) -> tuple[AliasState, list[str]]:
+    """Whether ``name`` is an alias (and its indices), a concrete index, or absent."""
+    if client.indices.exists_alias(name=name):
+        return "alias", sorted(client.indices.get_alias(name=name))
+    if client.indices.exists(index=name):
+        return "index", [name]
+    return "absent", []
+
+
+def _takeover_refused(name: str) -> AliasSwapError:
+    return AliasSwapError(
+        f"{name!r} is a concrete index, not an alias. Serving a new version without downtime needs an alias "
+        f"named {name!r}, and an alias cannot share its name with an index: the swap would DELETE index "
+        f"{name!r} (an '_aliases' remove_index action) in the same call that adds the alias, and that cannot "
+        f"be rolled back. Either point your application at an alias you create yourself and pass alias=..., "
+        f"or snapshot the index and pass allow_alias_takeover=True. Nothing was changed."
+    )
+
+
+def swap_alias(client: Any, alias: str, old_index: str | None, new_index: str, *, takeover: bool = False) -> None:
+    """Point ``alias`` from ``old_index`` to ``new_index`` in one ``_aliases`` call.
+
+    ``old_index=None`` adds a new alias. ``takeover=True`` (only via :func:`publish_version` with
+    ``allow_alias_takeover``) replaces the concrete index ``alias`` by the alias.
+    Raises :class:`AliasSwapError` (alias untouched) when the alias does not point where expected.
+    """
+    if not client.indices.exists(index=new_index):
+        raise IndexMissingError(f"cannot point {alias!r} at {new_index!r}: that index does not exist")
+    state, current = alias_state(client, alias)
+    if takeover:
+        if state != "index":
+            raise AliasSwapError(f"alias takeover expected a concrete index named {alias!r}, found {state}")
+        actions: list[dict[str, Any]] = [
+            {"add": {"index": new_index, "alias": alias}},
+            {"remove_index": {"index": alias}},
+        ]
+    elif state == "index":
+        raise _takeover_refused(alias)
+    elif old_index is None:
+        if state != "absent":
+            raise AliasSwapError(f"alias {alias!r} already points at {current}; pass old_index to swap it")
+        actions = [{"add": {"index": new_index, "alias": alias}}]
+    else:
+        if current != [old_index]:
+            raise AliasSwapError(
+                f"alias {alias!r} points at {current or 'nothing'}, not at {old_index!r}; someone else changed it. "
+                "Nothing was changed; check GET _alias/" + alias
+            )
+        actions = [
+            {"remove": {"index": old_index, "alias": alias}},
+            {"add": {"index": new_index, "alias": alias}},
+        ]
+    client.indices.update_aliases(body={"actions": actions})
+    log.info("alias %s: %s -> %s", alias, old_index, new_index)
+
+
+def version_meta(client: Any, index: str) -> dict[str, Any]:
+    """The ``_meta.rgpl`` record of a version index ({} for other indices)."""
+    resp = client.indices.get_mapping(index=index)
+    body = next(iter(resp.values()), {})
+    return dict(body.get("mappings", {}).get("_meta", {}).get("rgpl", {}))
+
+
+def rollback(client: Any, alias: str) -> str:
+    """Point ``alias`` back at the index its current version replaced; returns that index."""
+    state, current = alias_state(client, alias)
+    if state != "alias" or len(current) != 1:
+        raise AliasSwapError(f"{alias!r} is not an alias of one index ({state}: {current}); nothing to roll back")
+    previous = version_meta(client, current[0]).get("previous")
+    if not previous:
+        raise AliasSwapError(
+            f"{current[0]!r} records no previous index (not an rgpl version, or it took over a concrete index); "
+            "nothing to roll back to"
+        )
+    if not client.indices.exists(index=previous):
+        raise AliasSwapError(f"the previous index {previous!r} no longer exists; cannot roll back {alias!r}")
+    swap_alias(client, alias, current[0], previous)
+    return previous
+
+
+def create_version_index(
+    client: Any,
+    alias: str,
+    version: str | int,
+    source_index: str,
+    dimension: int,
+    *,
+    vector_field: str = "rgpl_vector",
+    engine: str = "lucene",
+    meta: dict[str, Any] | None = None,
+) -> str:
+    """Create ``<alias>-rgpl-<version>`` = source mapping + vector field; never overwrites."""
+    name = m.version_index_name(alias, version)
+    if client.indices.exists(index=name):
+        raise AliasSwapError(f"version index {name!r} already exists; choose a new version (or delete it first)")
+    mapping = next(iter(client.indices.get_mapping(index=source_index).values()))["mappings"]
+    settings = next(iter(client.indices.get_settings(index=source_index).values()))["settings"]["index"]
+    body = m.version_index_body(mapping, settings, dimension, vector_field=vector_field, engine=engine, meta=meta)
+    client.indices.create(index=name, body=body)
+    return name
+
+
+def _restore_settings(client: Any, index: str, source_settings: dict[str, Any]) -> None:
+    replicas = int(source_settings.get("number_of_replicas", 1))
+    refresh = source_settings.get("refresh_interval", "1s")
+    client.indices.put_settings(index=index, body=m.after_load_settings(replicas, refresh))
+    client.indices.refresh(index=index)
+
+
+def publish_version(
+    backend: Any,
+    space: str,
+    version: str | int,
+    *,
+    alias: str | None = None,
+    allow_alias_takeover: bool = False,
+    reindex_timeout_s: float = 3600.0,
+    progress: ProgressFactory = silent,
+) -> PublishResult:
+    """Serve vector space ``space`` of ``backend`` as version ``version`` behind ``alias``
+    (default: the backend's index name). See the module docstring for the steps."""
+    client = backend.client
+    alias = alias or backend.index
+    if backend.id_field is not None:
+        raise BackendError("publish_version copies vectors by _id; it does not support id_field backends")
+    shadow = backend.shadow_index(space)
+    if not backend.has_vectors(space):
+        raise IndexMissingError(f"vector space {space!r} ({shadow}) does not exist; write it with put_vectors first")
+    backend.finish_vectors(space)
+    state, current = alias_state(client, alias)
+    if state == "absent":
+        raise IndexMissingError(f"{alias!r} is neither an index nor an alias; nothing to publish a version of")
+    if state == "index" and not allow_alias_takeover:
+        raise _takeover_refused(alias)
+    if len(current) != 1:
+        raise AliasSwapError(f"alias {alias!r} points at several indices {current}; publish needs exactly one")
+    source = current[0]
+    shadow_mapping = next(iter(client.indices.get_mapping(index=shadow).values()))["mappings"]
+    dimension = int(shadow_mapping["properties"][backend.vector_field]["dimension"])
+    previous = source if state == "alias" else None
+    meta = {"version": str(version), "space": space, "source_index": source, "previous": previous}
+    target = create_version_index(
+        client, alias, version, source, dimension, vector_field=backend.vector_field, engine=backend.engine, meta=meta
+    )
+    try:
+        resp = client.reindex(
+            body={"source": {"index": source}, "dest": {"index": target}},
+            params={"wait_for_completion": "true", "refresh": "true", "request_timeout": reindex_timeout_s},
+        )
+        if resp.get("failures"):
+            raise BackendError(f"reindex into {target} reported failures: {str(resp['failures'][:3])[:500]}")
+        n_vectors = client.count(index=shadow)["count"]
+        with progress(total=n_vectors, desc=f"vectors -> {target}", unit="doc") as bar:
+
+            def updates() -> Any:
+                for chunk in batched(backend._iter_hits(shadow, [backend.vector_field], 1000, {"match_all": {}}), 500):
+                    for hit in chunk:
+                        vec = hit["_source"][backend.vector_field]
+                        yield {"_op_type": "update", "_index": target, "_id": hit["_id"], "doc": {backend.vector_field: vec}}
+                    bar.update(len(chunk))
+
+            written = backend._bulk(updates(), f"copying vectors into {target}", target)
+        source_settings = next(iter(client.indices.get_settings(index=source).values()))["settings"]["index"]
+        _restore_settings(client, target, source_settings)
+        n_source = client.count(index=source)["count"]
+        n_target = client.count(index=target)["count"]
+        with_vec = client.count(index=target, body={"query": {"exists": {"field": backend.vector_field}}})["count"]
+        if n_target != n_source or with_vec != n_vectors or written != n_vectors:
+            raise AliasSwapError(
+                f"verification failed for {target}: {n_target} documents (source {n_source}), {with_vec} with a "
+                f"vector (space has {n_vectors}, {written} written)"
+            )
+        swap_alias(client, alias, None if state == "index" else source, target, takeover=state == "index")
+    except Exception as exc:
+        try:
+            client.indices.delete(index=target, params={"ignore_unavailable": "true"})
+        except Exception as cleanup:  # the alias is untouched either way; report the first error
+            log.info("could not delete %s after a failed publish: %s", target, type(cleanup).__name__)
+        if isinstance(exc, BackendError):
+            raise
+        raise backend._error(exc, f"publishing version {version} of {alias!r}", target) from None
+    log.info("published %s as %s (previous %s)", target, alias, previous)
+    return PublishResult(alias=alias, index=target, previous=previous, documents=n_target, vectors=with_vec)
