@@ -24,6 +24,19 @@ class TextEncoder(Protocol):
     def encode(self, texts: Sequence[str], batch_size: int = 64, progress: ProgressFactory = silent) -> np.ndarray: ...
 
 
+def features(model: SentenceTransformer, texts: Sequence[str]) -> dict:
+    """Tokenized model inputs on the model's device (``preprocess`` in sentence-transformers >= 6)."""
+    prep = model.preprocess if hasattr(model, "preprocess") else model.tokenize
+    out = prep(list(texts))
+    return {k: v.to(model.device) if hasattr(v, "to") else v for k, v in out.items()}
+
+
+def embedding_dim(model: SentenceTransformer) -> int:
+    if hasattr(model, "get_embedding_dimension"):
+        return int(model.get_embedding_dimension())
+    return int(model.get_sentence_embedding_dimension())
+
+
 def encode_texts(
     model: SentenceTransformer,
     texts: Sequence[str],
@@ -41,16 +54,13 @@ def encode_texts(
 
     was_training = model.training
     order = np.argsort([-len(t) for t in texts], kind="stable")
-    dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else model.get_sentence_embedding_dimension()
-    out = np.empty((len(texts), dim), dtype=np.float32)
+    out = np.empty((len(texts), embedding_dim(model)), dtype=np.float32)
     model.eval()
     try:
         with progress(total=len(texts), desc=desc, unit="text") as bar, torch.inference_mode():
             for start in range(0, len(texts), batch_size):
                 idx = order[start : start + batch_size]
-                features = model.tokenize([texts[i] for i in idx])
-                features = {k: v.to(model.device) for k, v in features.items()}
-                emb = model(features)["sentence_embedding"]
+                emb = model(features(model, [texts[i] for i in idx]))["sentence_embedding"]
                 if normalize:
                     emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
                 out[idx] = emb.float().cpu().numpy()

@@ -27,7 +27,7 @@ def load_sentence_transformer(name: str, device: str = "cpu", max_seq_len: int |
     from sentence_transformers import SentenceTransformer
 
     try:
-        model = SentenceTransformer(name, device=device)
+        model = SentenceTransformer(str(name), device=device)
     except Exception as exc:  # noqa: BLE001 - library raises many kinds; we re-raise with a fix
         raise _explain(name, exc) from exc
     if max_seq_len is not None:
@@ -40,7 +40,7 @@ def load_cross_encoder(name: str, device: str = "cpu", max_seq_len: int | None =
 
     try:
         # num_labels=1: one raw logit per pair; activation identity: no sigmoid (GPL's margins are raw).
-        return CrossEncoder(name, device=device, max_length=max_seq_len, num_labels=1)
+        return CrossEncoder(str(name), device=device, max_length=max_seq_len, num_labels=1)
     except Exception as exc:  # noqa: BLE001
         raise _explain(name, exc) from exc
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rgpl_adapt.config import AdaptConfig, config_hash
+from rgpl_adapt.encoding import features
 from rgpl_adapt.labeling import ScoreCache, Teacher, label_triples, margin_stats, sample_triples
 from rgpl_adapt.losses import margin_mse
 from rgpl_adapt.manifest import Manifest, is_complete, write_manifest
@@ -200,6 +201,7 @@ class Trainer:
         write_jsonl(rdir / "pools.jsonl", pools)
         write_jsonl(rdir / "triples.jsonl", labeled)
         info.update(margin_stats(labeled))
+        info.update({f"cache_{k}": v for k, v in self.cache.stats().items()})
         write_manifest(rdir, expected, info)
         self._log({"event": "round", **info})
         return labeled
@@ -346,7 +348,6 @@ class Trainer:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        self.cache.flush()
         return TrainResult(
             model_dir=final,
             steps=step,
@@ -364,8 +365,7 @@ class Trainer:
         margins = torch.tensor([t.margin for t in batch], dtype=torch.float32, device=model.device)
 
         def embed(texts: list[str]) -> torch.Tensor:
-            features = {k: v.to(model.device) for k, v in model.tokenize(texts).items()}
-            return model(features)["sentence_embedding"]
+            return model(features(model, texts))["sentence_embedding"]
 
         with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
             loss = margin_mse(embed(qs), embed(ps), embed(ns), margins, self.tc.similarity)
