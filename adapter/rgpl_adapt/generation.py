@@ -29,7 +29,7 @@ import random
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 from rgpl_adapt.config import GenerationConfig
@@ -497,8 +497,11 @@ class CausalLMGenerator(_HFGenerator):
         return budget
 
     def _stop_token_ids(self) -> list[int]:
-        """EOS plus a newline token when the vocabulary has one (stops at the end of the question)."""
-        stop = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        """The model's EOS ids plus a newline token when the vocabulary has one (ends the question)."""
+        configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        stop = list(configured) if isinstance(configured, (list, tuple)) else [configured]
+        stop = [i for i in [*stop, self.tokenizer.eos_token_id] if i is not None]
+        stop = list(dict.fromkeys(stop))
         newline = self.tokenizer.encode("\n", add_special_tokens=False)
         if len(newline) == 1 and self.tokenizer.decode(newline) == "\n":
             stop.append(newline[0])
@@ -549,6 +552,7 @@ def load_generator(cfg: GenerationConfig, device: str = "auto") -> QueryGenerato
     is prompted as a causal LM. ``.gguf`` files are causal. Loading failures raise
     :class:`~rgpl_adapt.models.ModelLoadError` saying to pass a local path.
     """
+    cfg = replace(cfg, model=str(cfg.model))
     kind = cfg.kind
     if kind == "auto":
         if cfg.model.lower().endswith(".gguf"):
