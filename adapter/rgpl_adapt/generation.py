@@ -284,7 +284,9 @@ def generate_queries(
       that produced it (dropped as ``"duplicate_across"`` afterwards). GPL keeps such repeats as
       separate queries, but the same query with two different positives is contradictory
       supervision; keeping the first (rather than dropping both) loses little and works chunk by
-      chunk: pass the same ``seen`` set to every chunk, it is updated in place with the kept keys.
+      chunk: pass the same ``seen`` set to every chunk, it is updated in place with the kept keys
+      (only once the chunk's generation finished). To resume after a crash, rebuild it from the
+      persisted queries: ``{query_key(q.text) for q in done}``.
     * qids are ``f"{doc_id}-q{j}"``, ``j`` counting the kept queries of the passage; unique as long
       as document ids are (duplicate ids in one call raise ValueError).
     """
