@@ -219,10 +219,11 @@ class VectorStore:
         if not folder.is_dir():
             raise KeyError(f"vector space {space!r} does not exist; put_vectors() into it first")
         self._merge(folder)
-        loaded = _Loaded(
-            ids=json.loads((folder / "ids.json").read_text()),
-            matrix=np.load(folder / "vectors.npy", mmap_mode="r"),
-        )
+        ids = json.loads((folder / "ids.json").read_text())
+        # exact spaces are scanned whole on every search: keep them in RAM; HNSW spaces only
+        # read candidate rows for rescoring, so a memory map is enough
+        mmap_mode = "r" if len(ids) > self.hnsw_threshold else None
+        loaded = _Loaded(ids=ids, matrix=np.load(folder / "vectors.npy", mmap_mode=mmap_mode))
         self._cache[space] = loaded
         return loaded
 

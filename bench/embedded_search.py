@@ -1,0 +1,177 @@
+"""Benchmark the embedded backend: build, BM25, exact and HNSW k-NN, hybrid search.
+
+Builds an :class:`rgpl_plugin.embedded.EmbeddedBackend` over ``--docs`` synthetic documents
+(topic words + Zipf filler) with random clustered, normalised ``--dim``-d vectors, then times
+single-query latencies (p50/p99 over ``--queries`` queries) and HNSW recall@10 against exact
+search. Prints a table and writes every number as JSON to ``--out``.
+
+    python bench/embedded_search.py --docs 50000 --out runs/bench/embedded.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from rgpl_plugin.base import Document
+from rgpl_plugin.embedded import EmbeddedBackend
+
+VOCAB_SIZE = 20_000
+TOPICS = 50
+
+
+def synthetic_documents(n: int, seed: int) -> tuple[Iterator[Document], np.ndarray]:
+    """Documents whose words mix a topic's 30-word vocabulary with Zipf-distributed filler."""
+    rng = np.random.default_rng(seed)
+    vocab = np.array([f"w{i}" for i in range(VOCAB_SIZE)])
+    topic_words = rng.integers(0, VOCAB_SIZE, size=(TOPICS, 30))
+    topics = rng.integers(0, TOPICS, size=n)
+
+    def gen() -> Iterator[Document]:
+        for i in range(n):
+            length = int(rng.integers(40, 120))
+            filler = np.minimum(rng.zipf(1.3, size=length // 2), VOCAB_SIZE) - 1
+            words = np.concatenate([rng.choice(topic_words[topics[i]], size=length - len(filler)), filler])
+            rng.shuffle(words)
+            yield Document(id=f"doc{i}", title=f"topic {topics[i]} " + " ".join(vocab[words[:4]]), text=" ".join(vocab[words]))
+
+    return gen(), topics
+
+
+def clustered_vectors(topics: np.ndarray, dim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(TOPICS, dim)).astype(np.float32)
+    x = centers[topics] + 0.6 * rng.normal(size=(len(topics), dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def latencies(fn: Callable[[int], object], n: int) -> dict[str, float]:
+    times = []
+    for i in range(n):
+        t = time.perf_counter()
+        fn(i)
+        times.append((time.perf_counter() - t) * 1000)
+    a = np.array(times)
+    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean())}
+
+
+def run(args: argparse.Namespace) -> dict:
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="rgpl-bench-"))
+    path = root / "index"
+    results: dict = {
+        "docs": args.docs,
+        "dim": args.dim,
+        "queries": args.queries,
+        "k": args.k,
+        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
+    }
+    docs, topics = synthetic_documents(args.docs, args.seed)
+    t = time.perf_counter()
+    backend = EmbeddedBackend.create(path, docs, overwrite=True)
+    results["build_s"] = time.perf_counter() - t
+    ids = [f"doc{i}" for i in range(args.docs)]
+    vectors = clustered_vectors(topics, args.dim, args.seed + 1)
+    t = time.perf_counter()
+    for start in range(0, args.docs, 10_000):
+        backend.put_vectors("dense", ids[start : start + 10_000], vectors[start : start + 10_000])
+    results["put_vectors_s"] = time.perf_counter() - t
+
+    rng = np.random.default_rng(args.seed + 2)
+    sample = backend.get_documents([ids[i] for i in rng.integers(0, args.docs, args.queries)])
+    texts = [" ".join(d.text.split()[:6]) for d in sample]
+    qtopics = rng.integers(0, TOPICS, args.queries)
+    qvecs = clustered_vectors(qtopics, args.dim, args.seed + 1)  # same centers as the documents
+    k = args.k
+
+    t = time.perf_counter()
+    backend.knn_search("dense", qvecs[:1], k)  # merges the put() segments once
+    results["first_search_merge_s"] = time.perf_counter() - t
+    results["bm25"] = latencies(lambda i: backend.bm25_search([texts[i]], k), args.queries)
+    results["exact_knn"] = latencies(lambda i: backend.knn_search("dense", qvecs[i : i + 1], k), args.queries)
+    t = time.perf_counter()
+    exact = backend.knn_search("dense", qvecs, k)
+    results["exact_knn_batch_per_query_ms"] = (time.perf_counter() - t) * 1000 / args.queries
+    results["hybrid_min_max_exact"] = latencies(
+        lambda i: backend.hybrid_search("dense", texts[i : i + 1], qvecs[i : i + 1], k), args.queries
+    )
+    results["get_documents_10"] = latencies(
+        lambda i: backend.get_documents([ids[(i * 7919 + j) % args.docs] for j in range(10)]), args.queries
+    )
+    t = time.perf_counter()
+    n_iter = sum(1 for _ in backend.iter_documents())
+    results["iter_documents_docs_per_s"] = n_iter / (time.perf_counter() - t)
+    backend.close()
+
+    hnsw = EmbeddedBackend.open(path, hnsw_threshold=0)
+    t = time.perf_counter()
+    hnsw.knn_search("dense", qvecs[:1], k)
+    results["hnsw_build_s"] = time.perf_counter() - t
+    results["hnsw_knn"] = latencies(lambda i: hnsw.knn_search("dense", qvecs[i : i + 1], k), args.queries)
+    approx = hnsw.knn_search("dense", qvecs, k)
+    recall = [len({h.doc_id for h in a} & {h.doc_id for h in e}) / len(e) for a, e in zip(approx, exact)]
+    results["hnsw_recall_at_k"] = float(np.mean(recall))
+    results["hybrid_min_max_hnsw"] = latencies(
+        lambda i: hnsw.hybrid_search("dense", texts[i : i + 1], qvecs[i : i + 1], k), args.queries
+    )
+    hnsw.close()
+    results["index_size_mb"] = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
+    if not args.keep and not args.workdir:
+        shutil.rmtree(root, ignore_errors=True)
+    return results
+
+
+def table(r: dict) -> str:
+    rows = [
+        ("documents", f"{r['docs']:,} x {r['dim']}-d"),
+        ("build (tantivy + sqlite)", f"{r['build_s']:.2f} s ({r['docs'] / r['build_s']:,.0f} docs/s)"),
+        ("put_vectors (10k batches)", f"{r['put_vectors_s']:.2f} s"),
+        ("first search (segment merge)", f"{r['first_search_merge_s']:.2f} s"),
+        ("index size", f"{r['index_size_mb']:.1f} MB"),
+    ]
+    for key, label in [
+        ("bm25", "BM25"),
+        ("exact_knn", "exact k-NN"),
+        ("hnsw_knn", "HNSW k-NN"),
+        ("hybrid_min_max_exact", "hybrid (exact)"),
+        ("hybrid_min_max_hnsw", "hybrid (HNSW)"),
+        ("get_documents_10", "get_documents(10)"),
+    ]:
+        rows.append((f"{label} p50 / p99", f"{r[key]['p50_ms']:.2f} / {r[key]['p99_ms']:.2f} ms"))
+    rows += [
+        ("exact k-NN batched", f"{r['exact_knn_batch_per_query_ms']:.3f} ms/query"),
+        ("HNSW build", f"{r['hnsw_build_s']:.2f} s"),
+        (f"HNSW recall@{r['k']}", f"{r['hnsw_recall_at_k']:.4f}"),
+        ("iter_documents", f"{r['iter_documents_docs_per_s']:,.0f} docs/s"),
+    ]
+    width = max(len(a) for a, _ in rows)
+    return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--docs", type=int, default=50_000, help="number of synthetic documents")
+    parser.add_argument("--dim", type=int, default=384, help="vector dimension")
+    parser.add_argument("--queries", type=int, default=200, help="queries timed per measurement")
+    parser.add_argument("--k", type=int, default=10, help="hits per query")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("embedded_search.json"), help="JSON results path")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the index here (default: temp dir)")
+    parser.add_argument("--keep", action="store_true", help="do not delete the temporary index")
+    args = parser.parse_args()
+    results = run(args)
+    print(table(results))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
