@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -214,7 +215,8 @@ class ScoreCache:
         for line in lines[1:]:
             try:
                 row = json.loads(line)
-                self._scores[(row["q"], row["d"])] = float(row["s"])
+                # interned: a query id recurs for every pair of that query (memory at 10^6 pairs)
+                self._scores[(sys.intern(row["q"]), sys.intern(row["d"]))] = float(row["s"])
             except (json.JSONDecodeError, KeyError, TypeError):
                 torn += 1
         if torn:
