@@ -124,14 +124,15 @@ class OpenSearchBackend:
 
     # -- plumbing ------------------------------------------------------------------------------
 
-    def _call(self, action: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """``fn(*args, **kwargs)`` with client errors turned into actionable BackendErrors."""
+    def _call(self, action: str, fn: Callable[..., Any], *args: Any, _index: str | None = None, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` with client errors turned into actionable BackendErrors
+        (naming ``_index``, else the ``index`` argument, else the backend's index)."""
         try:
             return fn(*args, **kwargs)
         except BackendError:
             raise
         except Exception as exc:
-            raise self._error(exc, action, kwargs.get("index") or self.index) from None
+            raise self._error(exc, action, _index or kwargs.get("index") or self.index) from None
 
     def _error(self, exc: BaseException, action: str, index: str | None) -> BackendError:
         s = self.settings
@@ -295,7 +296,7 @@ class OpenSearchBackend:
                     "query": dict(query),
                     "_source": source,
                     "pit": {"id": pit_id, "keep_alive": self.keep_alive},
-                    "sort": [{"_shard_doc": "asc"}],
+                    "sort": ["_shard_doc"],  # ascending; a plain name is unambiguous in the spec
                 }
                 if self.slice:
                     body["slice"] = dict(self.slice)
@@ -330,7 +331,7 @@ class OpenSearchBackend:
                 yield from resp["hits"]["hits"]
                 resp = self._call(
                     "reading documents with scroll", self.client.scroll,
-                    body={"scroll_id": scroll_id, "scroll": self.keep_alive}, index=index,
+                    body={"scroll_id": scroll_id, "scroll": self.keep_alive}, _index=index,
                 )
                 scroll_id = resp.get("_scroll_id", scroll_id)
         finally:
