@@ -6,6 +6,10 @@ single-query latencies (p50/p99 over ``--queries`` queries) and HNSW recall@10 a
 search. Prints a table and writes every number as JSON to ``--out``.
 
     python bench/embedded_search.py --docs 50000 --out runs/bench/embedded.json
+
+Single-query latencies are sensitive to BLAS threading: on a small or shared machine, run with
+``OPENBLAS_NUM_THREADS=1`` (a 1-row matrix product gains nothing from threads, and idle BLAS
+threads competing with tantivy's inflate p50/p99 several-fold); batched search benefits from them.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-
 from rgpl_plugin.base import Document
 from rgpl_plugin.embedded import EmbeddedBackend
 
@@ -41,7 +44,11 @@ def synthetic_documents(n: int, seed: int) -> tuple[Iterator[Document], np.ndarr
             filler = np.minimum(rng.zipf(1.3, size=length // 2), VOCAB_SIZE) - 1
             words = np.concatenate([rng.choice(topic_words[topics[i]], size=length - len(filler)), filler])
             rng.shuffle(words)
-            yield Document(id=f"doc{i}", title=f"topic {topics[i]} " + " ".join(vocab[words[:4]]), text=" ".join(vocab[words]))
+            yield Document(
+                id=f"doc{i}",
+                title=f"topic {topics[i]} " + " ".join(vocab[words[:4]]),
+                text=" ".join(vocab[words]),
+            )
 
     return gen(), topics
 
@@ -60,7 +67,11 @@ def latencies(fn: Callable[[int], object], n: int) -> dict[str, float]:
         fn(i)
         times.append((time.perf_counter() - t) * 1000)
     a = np.array(times)
-    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean())}
+    return {
+        "p50_ms": float(np.percentile(a, 50)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "mean_ms": float(a.mean()),
+    }
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -156,7 +167,9 @@ def table(r: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--docs", type=int, default=50_000, help="number of synthetic documents")
     parser.add_argument("--dim", type=int, default=384, help="vector dimension")
     parser.add_argument("--queries", type=int, default=200, help="queries timed per measurement")

@@ -31,12 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rgpl_adapt.progress import ProgressFactory, silent
 
 from rgpl_plugin.base import BackendError, Document, FusionMethod, Hit, batched
 from rgpl_plugin.fusion import fuse
 from rgpl_plugin.vectors import DEFAULT_HNSW_THRESHOLD, VectorStore, check_space_name
-
-from rgpl_adapt.progress import ProgressFactory, silent
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +180,9 @@ class EmbeddedBackend:
         return cls(path, hnsw_threshold=hnsw_threshold)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD) -> EmbeddedBackend:
+    def open(
+        cls, path: str | os.PathLike, *, hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD
+    ) -> EmbeddedBackend:
         """Reopen an index built by :meth:`create` without rebuilding anything.
 
         Raises :class:`BackendError` when ``path`` is not an embedded index.
@@ -199,7 +200,9 @@ class EmbeddedBackend:
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
-            raise BackendError(f"the index at {self.path} was closed; open it again with EmbeddedBackend.open")
+            raise BackendError(
+                f"the index at {self.path} was closed; open it again with EmbeddedBackend.open"
+            )
         return self._db
 
     def iter_documents(self, batch_size: int = 1000) -> Iterator[Document]:
@@ -208,7 +211,10 @@ class EmbeddedBackend:
         while True:
             rows = (
                 self._conn()
-                .execute("SELECT ord, id, title, text FROM docs WHERE ord > ? ORDER BY ord LIMIT ?", (last, batch_size))
+                .execute(
+                    "SELECT ord, id, title, text FROM docs WHERE ord > ? ORDER BY ord LIMIT ?",
+                    (last, batch_size),
+                )
                 .fetchall()
             )
             if not rows:
@@ -347,7 +353,9 @@ def _build(folder: Path, documents: Iterable[Document], progress: ProgressFactor
     db = sqlite3.connect(folder / "docs.sqlite")
     db.execute("PRAGMA journal_mode=OFF")
     db.execute("PRAGMA synchronous=OFF")
-    db.execute("CREATE TABLE docs (ord INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, title TEXT NOT NULL, text TEXT NOT NULL)")
+    db.execute(
+        "CREATE TABLE docs (ord INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, title TEXT NOT NULL, text TEXT NOT NULL)"
+    )
     seen: set[str] = set()
     n = duplicates = 0
     total = len(documents) if hasattr(documents, "__len__") else None  # type: ignore[arg-type]

@@ -75,9 +75,7 @@ def _positions(lists: Sequence[Sequence[Hit]]) -> list[dict[str, int]]:
     return out
 
 
-def _ranked(
-    scores: dict[str, float], lists: Sequence[Sequence[Hit]], weights: Sequence[float]
-) -> list[Hit]:
+def _ranked(scores: dict[str, float], lists: Sequence[Sequence[Hit]], weights: Sequence[float]) -> list[Hit]:
     """Hits sorted by score desc; ties by position in the heaviest list first, then doc id."""
     positions = _positions(lists)
     order = sorted(range(len(lists)), key=lambda i: -weights[i])  # stable: first list wins ties
@@ -92,7 +90,7 @@ def _ranked(
 def _check_weights(weights: Sequence[float], n_lists: int) -> None:
     if len(weights) != n_lists:
         raise ValueError(f"got {len(weights)} weights for {n_lists} result lists; pass one weight per list")
-    if any(w < 0 or w != w for w in weights):
+    if any(not w >= 0 for w in weights):  # also rejects NaN
         raise ValueError(f"weights must be non-negative numbers, got {list(weights)}")
 
 

@@ -90,7 +90,7 @@ def exact_topk(matrix: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndar
         for r0 in range(0, n, _CHUNK_ROWS):
             s = q @ np.asarray(matrix[r0 : r0 + _CHUNK_ROWS]).T
             if s.shape[1] > kk:
-                idx = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+                idx = np.argpartition(s, s.shape[1] - kk, axis=1)[:, -kk:]  # no negated copy
                 s = np.take_along_axis(s, idx, axis=1)
             else:
                 idx = np.broadcast_to(np.arange(s.shape[1]), s.shape)
@@ -245,7 +245,7 @@ class VectorStore:
         if path.exists():
             try:
                 index = usearch_index.Index.restore(str(path))
-            except Exception as exc:  # a damaged file: rebuild rather than fail
+            except (RuntimeError, ValueError, OSError) as exc:  # a damaged file: rebuild, don't fail
                 logger.warning("could not load %s (%s); rebuilding it", path, exc)
                 index = None
             if index is None or len(index) != len(loaded.ids) or index.ndim != loaded.matrix.shape[1]:
@@ -285,7 +285,10 @@ class VectorStore:
             rows, scores, counts = self._hnsw_search(index, loaded.matrix, queries, min(k, len(loaded.ids)))
         ids = loaded.ids
         return [
-            [Hit(ids[r], float(s)) for r, s in zip(rows[i, : counts[i]].tolist(), scores[i, : counts[i]].tolist())]
+            [
+                Hit(ids[r], float(s))
+                for r, s in zip(rows[i, : counts[i]].tolist(), scores[i, : counts[i]].tolist())
+            ]
             for i in range(len(queries))
         ]
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from rgpl_plugin.base import Backend, BackendError, Document
 from rgpl_plugin.embedded import EmbeddedBackend, is_index
 from rgpl_plugin.fusion import fuse
@@ -204,7 +203,9 @@ def test_put_vectors_in_batches_and_knn_is_exact(backend, documents):
     assert [[h.doc_id for h in row] for row in hits] == brute_force(matrix, ids, queries, 10)
     row_of = {i: n for n, i in enumerate(ids)}
     for q, row in zip(queries, hits):
-        assert [h.score for h in row] == pytest.approx([float(matrix[row_of[h.doc_id]] @ q) for h in row], rel=1e-5)
+        assert [h.score for h in row] == pytest.approx(
+            [float(matrix[row_of[h.doc_id]] @ q) for h in row], rel=1e-5
+        )
     assert len(backend.knn_search("exact", queries[:1], 500)[0]) == len(ids)  # k > n: every vector
     meta = json.loads((backend.path / "backend.json").read_text())
     assert meta["spaces"]["exact"] == {"dim": 24}
@@ -216,7 +217,9 @@ def test_put_vectors_replaces_by_id(backend):
     backend.put_vectors("replace", ["d0", "d1", "d2", "d3"], base)
     assert backend.knn_search("replace", base[1:2], 1)[0][0].doc_id == "d1"
     # move d0 onto d1's axis (and d3 away); repeated id in one call: the last vector wins
-    backend.put_vectors("replace", ["d0", "d3", "d3"], np.array([[0, 2, 0, 0], [0, 0, 0, 9], [0, 0, 0, -1]], np.float32))
+    backend.put_vectors(
+        "replace", ["d0", "d3", "d3"], np.array([[0, 2, 0, 0], [0, 0, 0, 9], [0, 0, 0, -1]], np.float32)
+    )
     top = backend.knn_search("replace", base[1:2], 4)[0]
     assert [h.doc_id for h in top][:2] == ["d0", "d1"] and top[0].score == pytest.approx(2.0)
     assert len(top) == 4  # replaced, not appended
@@ -267,7 +270,9 @@ def test_hnsw_agrees_with_exact(tmp_path, documents):
     assert recall >= 0.95
     row_of = {i: n for n, i in enumerate(ids)}
     for q, row in zip(queries, approx):  # HNSW candidates carry exact inner products, best first
-        assert [h.score for h in row] == pytest.approx([float(matrix[row_of[h.doc_id]] @ q) for h in row], rel=1e-5)
+        assert [h.score for h in row] == pytest.approx(
+            [float(matrix[row_of[h.doc_id]] @ q) for h in row], rel=1e-5
+        )
         assert [h.score for h in row] == sorted((h.score for h in row), reverse=True)
     mtime = graph.stat().st_mtime_ns
     with EmbeddedBackend.open(path, hnsw_threshold=1000) as b:  # reuses the saved graph
@@ -279,7 +284,7 @@ def test_hnsw_agrees_with_exact(tmp_path, documents):
 
 
 def test_hnsw_falls_back_to_exact_without_usearch(tmp_path, documents, monkeypatch, caplog):
-    import rgpl_adapt.devices as devices
+    from rgpl_adapt import devices
 
     real_require = devices.require
 

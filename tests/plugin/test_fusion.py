@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from rgpl_plugin.base import Hit
 from rgpl_plugin.fusion import (
     MIN_SCORE,
