@@ -144,52 +144,54 @@ class Pipeline:
         gc = self.cfg.generation
 
         def build(stage_dir: Path) -> dict[str, Any]:
-            from rgpl_adapt.generation import load_generator, plan_generation
+            from rgpl_adapt.generation import GenerationStats, generate_queries, load_generator, plan_generation, query_key
 
-            rng = random.Random(gc.seed)
-            selected, qpp = plan_generation(docs, gc, rng)
+            selected, qpp = plan_generation(docs, gc, random.Random(gc.seed))
             parts = stage_dir / "parts"
             parts.mkdir(parents=True, exist_ok=True)
+            # Parts finished before an interruption are reused, but only for the same settings.
             pending = stage_dir / "pending.json"
             key = Manifest.for_inputs("queries-parts", upstream=self._upstream, gen=gc).fingerprint
             if not pending.exists() or json.loads(pending.read_text()).get("key") != key:
-                for old in parts.glob("*.jsonl"):
+                for old in parts.glob("part-*"):
                     old.unlink()
                 pending.write_text(json.dumps({"key": key}))
             chunk = max(gc.batch_size * 8, 256)
             generator = None
-            stats_total: dict[str, int] = {}
+            seen: set[str] = set()
+            total = GenerationStats()
             with self.progress(total=len(selected), desc="generating queries", unit="passage") as bar:
                 for i, start in enumerate(range(0, len(selected), chunk)):
                     part = parts / f"part-{i:05d}.jsonl"
-                    if part.exists():  # finished before an interruption: reuse
-                        bar.update(min(chunk, len(selected) - start))
-                        continue
-                    if generator is None:
-                        generator = load_generator(gc, self.device)
-                    from rgpl_adapt.generation import generate_queries
-
-                    queries, stats = generate_queries(selected[start : start + chunk], generator, replace(gc, queries_per_passage=qpp))
-                    write_jsonl(part, queries)
-                    for key_, value in stats.__dict__.items() if hasattr(stats, "__dict__") else []:
-                        if isinstance(value, int):
-                            stats_total[key_] = stats_total.get(key_, 0) + value
-                    bar.update(min(chunk, len(selected) - start))
-            seen: set[str] = set()
-            merged: list[GeneratedQuery] = []
-            for part in sorted(parts.glob("part-*.jsonl")):
-                for q in read_jsonl(part, GeneratedQuery):
-                    norm = " ".join(q.text.lower().split())
-                    if norm in seen:  # the same query from two passages is ambiguous: keep the first
-                        continue
-                    seen.add(norm)
-                    merged.append(q)
+                    part_stats = part.with_suffix(".stats.json")
+                    piece = selected[start : start + chunk]
+                    if part.exists() and part_stats.exists():
+                        seen.update(query_key(q.text) for q in read_jsonl(part, GeneratedQuery))
+                        stats = GenerationStats(**json.loads(part_stats.read_text()))
+                    else:
+                        if generator is None:
+                            generator = load_generator(gc, self.device)
+                        queries, stats = generate_queries(piece, generator, gc, qpp=qpp, seen=seen)
+                        write_jsonl(part, queries)
+                        part_stats.write_text(json.dumps(stats.__dict__))
+                    total = total.merged(stats)
+                    bar.update(len(piece))
+            merged = [q for part in sorted(parts.glob("part-*.jsonl")) for q in read_jsonl(part, GeneratedQuery)]
             if not merged:
-                raise PipelineError("query generation produced no usable query; check the generator model")
+                raise PipelineError(
+                    f"query generation produced no usable query (dropped: {total.dropped}); check the generator model"
+                )
             n = write_jsonl(stage_dir / "queries.jsonl", merged)
-            return {"queries": n, "passages": len(selected), "queries_per_passage": qpp, **stats_total}
+            return {
+                "queries": n,
+                "passages": len(selected),
+                "queries_per_passage": qpp,
+                "generated": total.generated,
+                "dropped": total.dropped,
+                "passages_without_queries": total.passages_without_queries,
+            }
 
-        self._stage("queries", {"generation": gc, "device_independent": True}, build)
+        self._stage("queries", {"generation": gc}, build)
         return list(read_jsonl(self.dir / "queries" / "queries.jsonl", GeneratedQuery))
 
     def _split(self, queries: list[GeneratedQuery]) -> tuple[list[GeneratedQuery], list[GeneratedQuery]]:
@@ -246,7 +248,12 @@ class Pipeline:
                 for sub in ("checkpoints", "rounds", "final"):
                     shutil.rmtree(stage_dir / sub, ignore_errors=True)
                 (stage_dir / "log.jsonl").unlink(missing_ok=True)
-            cache = ScoreCache(stage_dir / "scores.jsonl")
+            cache_key = Manifest.for_inputs("scores", upstream=self._upstream, labels=self.cfg.labels).fingerprint
+            try:
+                cache = ScoreCache(stage_dir / "scores.jsonl", key=cache_key)
+            except ValueError:  # scores of another teacher or other queries: never mix them in
+                (stage_dir / "scores.jsonl").unlink()
+                cache = ScoreCache(stage_dir / "scores.jsonl", key=cache_key)
             trainer = Trainer(
                 self.cfg,
                 stage_dir,
