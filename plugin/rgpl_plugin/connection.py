@@ -16,7 +16,7 @@ OpenSearch                  Elasticsearch
 ``OPENSEARCH_CLIENT_CERT``  ``ELASTICSEARCH_CLIENT_CERT``
 ``OPENSEARCH_CLIENT_KEY``   ``ELASTICSEARCH_CLIENT_KEY``
 ``OPENSEARCH_VERIFY_CERTS`` ``ELASTICSEARCH_VERIFY_CERTS`` (``false``/``0``/``no`` turn it off)
-``OPENSEARCH_AWS_REGION``   (none; also read from ``AWS_REGION``)
+``OPENSEARCH_AWS_REGION``   (none; setting it turns SigV4 signing on)
 ``OPENSEARCH_AWS_SERVICE``  (none; ``es`` for managed domains, ``aoss`` for Serverless)
 ==========================  ===================================================
 
@@ -135,9 +135,8 @@ class ClusterSettings:
             if key:
                 values["api_key"] = key
         else:
-            region = env.get("OPENSEARCH_AWS_REGION") or (env.get("AWS_REGION") if env.get("OPENSEARCH_AWS_SERVICE") else None)
-            if region:
-                values["aws_region"] = region
+            if env.get("OPENSEARCH_AWS_REGION"):
+                values["aws_region"] = env["OPENSEARCH_AWS_REGION"]
             if env.get("OPENSEARCH_AWS_SERVICE"):
                 values["aws_service"] = env["OPENSEARCH_AWS_SERVICE"]
         values.update({k: v for k, v in overrides.items() if v is not None})
