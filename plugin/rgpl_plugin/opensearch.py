@@ -86,7 +86,7 @@ class OpenSearchBackend:
     ) -> None:
         if isinstance(client_or_settings, ClusterSettings):
             self.settings: ClusterSettings | None = client_or_settings
-            self.client = client_or_settings.opensearch_client()
+            self.client = self._make_client(client_or_settings)
             self._owns_client = True
         else:
             self.settings = None
@@ -124,6 +124,12 @@ class OpenSearchBackend:
 
     # -- plumbing ------------------------------------------------------------------------------
 
+    engine_label = "OpenSearch"
+
+    @staticmethod
+    def _make_client(settings: ClusterSettings) -> Any:
+        return settings.opensearch_client()
+
     def _call(self, action: str, fn: Callable[..., Any], *args: Any, _index: str | None = None, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)`` with client errors turned into actionable BackendErrors
         (naming ``_index``, else the ``index`` argument, else the backend's index)."""
@@ -137,7 +143,8 @@ class OpenSearchBackend:
     def _error(self, exc: BaseException, action: str, index: str | None) -> BackendError:
         s = self.settings
         return translate(
-            exc, action=action, index=index, urls=s.urls if s else self._client_urls(), secrets=s.secrets if s else ()
+            exc, action=action, index=index, urls=s.urls if s else self._client_urls(),
+            secrets=s.secrets if s else (), engine=self.engine_label,
         )
 
     def _client_urls(self) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""Zero-downtime write-back on OpenSearch: a new version index behind an alias.
+"""Zero-downtime write-back on OpenSearch (and Elasticsearch): a new version index behind an alias.
 
 :func:`publish_version` serves a vector space of an :class:`~rgpl_plugin.opensearch.OpenSearchBackend`:
 
@@ -48,10 +48,31 @@ class PublishResult:
     vectors: int
 
 
+def _body(resp: Any) -> Any:
+    """The JSON of a response (elasticsearch-py wraps it in an ``ObjectApiResponse``)."""
+    return getattr(resp, "body", resp)
+
+
+def _first(resp: Any) -> dict[str, Any]:
+    """The body of the only index in a per-index response (``{index: {...}}``)."""
+    return next(iter(_body(resp).values()))
+
+
+def _is_es(client: Any) -> bool:
+    return type(client).__module__.startswith("elasticsearch")
+
+
+def _delete_index(client: Any, index: str) -> None:
+    if _is_es(client):
+        client.indices.delete(index=index, ignore_unavailable=True)
+    else:
+        client.indices.delete(index=index, params={"ignore_unavailable": "true"})
+
+
 def alias_state(client: Any, name: str) -> tuple[AliasState, list[str]]:
     """Whether ``name`` is an alias (and its indices), a concrete index, or absent."""
     if client.indices.exists_alias(name=name):
-        return "alias", sorted(client.indices.get_alias(name=name))
+        return "alias", sorted(_body(client.indices.get_alias(name=name)))
     if client.indices.exists(index=name):
         return "index", [name]
     return "absent", []
@@ -106,8 +127,7 @@ def swap_alias(client: Any, alias: str, old_index: str | None, new_index: str, *
 
 def version_meta(client: Any, index: str) -> dict[str, Any]:
     """The ``_meta.rgpl`` record of a version index ({} for other indices)."""
-    resp = client.indices.get_mapping(index=index)
-    body = next(iter(resp.values()), {})
+    body = _first(client.indices.get_mapping(index=index))
     return dict(body.get("mappings", {}).get("_meta", {}).get("rgpl", {}))
 
 
@@ -143,9 +163,11 @@ def create_version_index(
     name = m.version_index_name(alias, version)
     if client.indices.exists(index=name):
         raise AliasSwapError(f"version index {name!r} already exists; choose a new version (or delete it first)")
-    mapping = next(iter(client.indices.get_mapping(index=source_index).values()))["mappings"]
-    settings = next(iter(client.indices.get_settings(index=source_index).values()))["settings"]["index"]
-    body = m.version_index_body(mapping, settings, dimension, vector_field=vector_field, engine=engine, meta=meta)
+    mapping = _first(client.indices.get_mapping(index=source_index))["mappings"]
+    settings = _first(client.indices.get_settings(index=source_index))["settings"]["index"]
+    body = m.version_index_body(
+        mapping, settings, dimension, vector_field=vector_field, engine=engine, meta=meta, es=_is_es(client)
+    )
     client.indices.create(index=name, body=body)
     return name
 
@@ -185,21 +207,25 @@ def publish_version(
     if len(current) != 1:
         raise AliasSwapError(f"alias {alias!r} points at several indices {current}; publish needs exactly one")
     source = current[0]
-    shadow_mapping = next(iter(client.indices.get_mapping(index=shadow).values()))["mappings"]
-    dimension = int(shadow_mapping["properties"][backend.vector_field]["dimension"])
+    field = _first(client.indices.get_mapping(index=shadow))["mappings"]["properties"][backend.vector_field]
+    dimension = int(field.get("dimension") or field["dims"])
     previous = source if state == "alias" else None
     meta = {"version": str(version), "space": space, "source_index": source, "previous": previous}
     target = create_version_index(
         client, alias, version, source, dimension, vector_field=backend.vector_field, engine=backend.engine, meta=meta
     )
     try:
-        resp = client.reindex(
-            body={"source": {"index": source}, "dest": {"index": target}},
-            params={"wait_for_completion": "true", "refresh": "true", "request_timeout": reindex_timeout_s},
-        )
+        copy = {"source": {"index": source}, "dest": {"index": target}}
+        if _is_es(client):
+            resp = _body(client.options(request_timeout=reindex_timeout_s).reindex(
+                body=copy, wait_for_completion=True, refresh=True))
+        else:
+            resp = client.reindex(
+                body=copy, params={"wait_for_completion": "true", "refresh": "true", "request_timeout": reindex_timeout_s}
+            )
         if resp.get("failures"):
             raise BackendError(f"reindex into {target} reported failures: {str(resp['failures'][:3])[:500]}")
-        n_vectors = client.count(index=shadow)["count"]
+        n_vectors = _body(client.count(index=shadow))["count"]
         with progress(total=n_vectors, desc=f"vectors -> {target}", unit="doc") as bar:
 
             def updates() -> Any:
@@ -210,11 +236,12 @@ def publish_version(
                     bar.update(len(chunk))
 
             written = backend._bulk(updates(), f"copying vectors into {target}", target)
-        source_settings = next(iter(client.indices.get_settings(index=source).values()))["settings"]["index"]
+        source_settings = _first(client.indices.get_settings(index=source))["settings"]["index"]
         _restore_settings(client, target, source_settings)
-        n_source = client.count(index=source)["count"]
-        n_target = client.count(index=target)["count"]
-        with_vec = client.count(index=target, body={"query": {"exists": {"field": backend.vector_field}}})["count"]
+        n_source = _body(client.count(index=source))["count"]
+        n_target = _body(client.count(index=target))["count"]
+        exists = {"query": {"exists": {"field": backend.vector_field}}}
+        with_vec = _body(client.count(index=target, body=exists))["count"]
         if n_target != n_source or with_vec != n_vectors or written != n_vectors:
             raise AliasSwapError(
                 f"verification failed for {target}: {n_target} documents (source {n_source}), {with_vec} with a "
@@ -223,7 +250,7 @@ def publish_version(
         swap_alias(client, alias, None if state == "index" else source, target, takeover=state == "index")
     except Exception as exc:
         try:
-            client.indices.delete(index=target, params={"ignore_unavailable": "true"})
+            _delete_index(client, target)
         except Exception as cleanup:  # the alias is untouched either way; report the first error
             log.info("could not delete %s after a failed publish: %s", target, type(cleanup).__name__)
         if isinstance(exc, BackendError):

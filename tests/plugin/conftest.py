@@ -90,7 +90,7 @@ class FakeCluster:
             params = q["script_score"]["script"]["params"]
             fieldname, vec, k = params["field"], np.array(params["query_value"]), size
         else:
-            words = set(json.dumps(q).lower().split())
+            words = set(re.findall(r"[a-z]+", json.dumps(q).lower())) - {"multi_match", "query", "fields", "type", "title", "text", "best_fields", "bool", "must", "filter"}
             scored = sorted(
                 ((len(words & set(f"{s.get('title', '')} {s.get('text', '')}".lower().split())), i) for i, s in store.items()),
                 key=lambda t: (-t[0], t[1]),
@@ -257,5 +257,3 @@ def load_corpus(client: Any, index: str, documents: list[Document], *, extra: li
     actions += [{"_index": index, **e} for e in extra or []]
     bulk(client, actions, refresh=True)
 
-
-PIT_PATH = re.compile(r"/_search/point_in_time$")

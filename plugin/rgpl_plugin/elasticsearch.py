@@ -1,0 +1,214 @@
+"""Elasticsearch backend (elasticsearch-py 8 or 9): the OpenSearch backend's design on ES APIs.
+
+Reading, BM25 (``_msearch`` of ``multi_match``), ``mget`` and the field rules are shared with
+:class:`~rgpl_plugin.opensearch.OpenSearchBackend`; this class swaps in what differs:
+
+* vector spaces are shadow indices ``<index>-rgpl-shadow-<space>`` with a ``dense_vector``
+  field (``similarity: max_inner_product``, ``index: true``, HNSW), searched with the top-level
+  ``knn`` section (``k``, ``num_candidates``); ``exact=True`` scores every document with a
+  ``script_score`` over ``dotProduct`` (made non-negative the way ``max_inner_product`` is);
+* Point-in-Time is ``POST <index>/_pit`` / ``DELETE _pit`` and scroll uses the ES client calls;
+* hybrid search is one ``retriever``: ``rrf`` (8.14+) or ``linear`` with min-max normalisation
+  (8.18+/9.0+), weights ``[1 - weight, weight]``;
+* :func:`rgpl_plugin.opensearch_publish.publish_version` / ``swap_alias`` / ``rollback`` work
+  with this backend too (``_aliases``, ``_reindex`` and bulk updates exist in both engines).
+
+Use the client major that matches the cluster: elasticsearch-py 9 sends
+``compatible-with=9`` headers that an 8.x cluster rejects; install ``elasticsearch>=8,<9`` there.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from rgpl_plugin import mappings as m
+from rgpl_plugin.base import BackendError, FusionMethod, Hit, batched
+from rgpl_plugin.connection import ClusterSettings
+from rgpl_plugin.errors import FieldMappingError, require_version
+from rgpl_plugin.opensearch import OpenSearchBackend, _ResponseError
+
+log = logging.getLogger(__name__)
+
+EXACT_SCRIPT = (
+    "double d = dotProduct(params.query_vector, params.field); return d >= 0 ? d + 1 : 1 / (1 - d);"
+)
+
+
+class ElasticsearchBackend(OpenSearchBackend):
+    """:class:`rgpl_plugin.base.Backend` over an existing Elasticsearch index (or alias).
+
+    Takes the arguments of :class:`~rgpl_plugin.opensearch.OpenSearchBackend` (``engine``,
+    ``hnsw_m`` and ``ef_construction`` are ignored: Elasticsearch chooses its HNSW settings) plus
+    ``num_candidates``, the per-shard candidate list of approximate k-NN (default
+    ``max(100, 2k)``).
+    """
+
+    name = "elasticsearch"
+    engine_label = "Elasticsearch"
+
+    def __init__(self, client_or_settings: Any, index: str, *, num_candidates: int | None = None, **kwargs: Any):
+        super().__init__(client_or_settings, index, **kwargs)
+        self.num_candidates = num_candidates
+
+    @staticmethod
+    def _make_client(settings: ClusterSettings) -> Any:
+        return settings.elasticsearch_client()
+
+    def _call(self, action: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        resp = super()._call(action, fn, *args, **kwargs)
+        return getattr(resp, "body", resp)  # ObjectApiResponse -> its JSON
+
+    def _client_urls(self) -> tuple[str, ...]:
+        pool = getattr(getattr(self.client, "transport", None), "node_pool", None)
+        try:
+            return tuple(str(node.base_url) for node in pool.all())
+        except Exception:  # only used to word error messages
+            return ()
+
+    def version(self) -> str:
+        if self._version is None:
+            info = self._call("reading the cluster version", self.client.info)
+            self._version = str(info.get("version", {}).get("number", "0"))
+        return self._version
+
+    def _plugin_error(self, exc: BaseException, action: str, index: str, plugin: str) -> BackendError:
+        return self._error(exc, action, index)  # vector search is built into Elasticsearch
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _iter_hits(
+        self, index: str, source: Any, batch_size: int, query: Mapping[str, Any]
+    ) -> Iterator[dict[str, Any]]:
+        pit = self._call("opening a point in time", self.client.open_point_in_time, index=index, keep_alive=self.keep_alive)
+        self.read_with = "pit"
+        pit_id = pit["id"]
+        try:
+            after = None
+            while True:
+                body: dict[str, Any] = {
+                    "size": batch_size,
+                    "query": dict(query),
+                    "_source": source,
+                    "pit": {"id": pit_id, "keep_alive": self.keep_alive},
+                    "sort": ["_shard_doc"],
+                }
+                if self.slice:
+                    body["slice"] = dict(self.slice)
+                if after is not None:
+                    body["search_after"] = after
+                resp = self._call("reading documents with a point in time", self.client.search, body=body, _index=index)
+                hits = resp["hits"]["hits"]
+                if not hits:
+                    return
+                pit_id = resp.get("pit_id", pit_id)
+                yield from hits
+                after = hits[-1]["sort"]
+        finally:
+            try:
+                self.client.close_point_in_time(id=pit_id)
+            except Exception as exc:  # it expires by itself
+                log.info("could not close PIT on %s: %s", index, type(exc).__name__)
+
+    # -- vector spaces -------------------------------------------------------------------------
+
+    def _create_shadow(self, space: str, dimension: int) -> None:
+        shadow = self.shadow_index(space)
+        text_props = {}
+        if self.copy_text:
+            title, texts = self.fields()
+            props = self.properties()
+            text_props = {f: props[f] for f in (title, *texts) if f and f in props}
+        body = m.es_shadow_index_body(dimension, vector_field=self.vector_field, text_properties=text_props)
+        self._call("creating a dense_vector shadow index", self.client.indices.create, index=shadow, body=body)
+        self._loading.add(space)
+
+    def _bulk(self, actions: Any, action: str, index: str) -> int:
+        from elasticsearch.helpers import streaming_bulk
+
+        from rgpl_plugin.errors import BulkWriteError
+
+        failures, done = [], 0
+        try:
+            for ok, info in streaming_bulk(
+                self.client, actions, chunk_size=self.bulk_chunk_size, max_retries=self.max_retries,
+                initial_backoff=self.initial_backoff, max_backoff=self.max_backoff,
+                raise_on_error=False, raise_on_exception=True, yield_ok=True,
+            ):
+                done += 1
+                if not ok:
+                    failures.append(info)
+        except Exception as exc:
+            raise self._error(exc, action, index) from None
+        if failures:
+            first = next(iter(failures[0].values()), {})
+            raise BulkWriteError(
+                f"{len(failures)} of {done} documents failed while {action}; first: "
+                f"{first.get('status')} {str(first.get('error'))[:300]}",
+                failures,
+            )
+        return done
+
+    def knn_search(self, space: str, queries: np.ndarray, k: int, *, exact: bool | None = None) -> list[list[Hit]]:
+        """Top-k by inner product (top-level ``knn``, or exact ``script_score``); raw dot products."""
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        shadow = self.shadow_index(space)
+        self.finish_vectors(space)
+        exact = self.exact if exact is None else exact
+        results: list[list[Hit]] = []
+        for chunk in batched(range(len(queries)), 100):
+            bodies = []
+            for i in chunk:
+                if exact:
+                    script = {"source": EXACT_SCRIPT,
+                              "params": {"query_vector": m.vector_list(queries[i]), "field": self.vector_field}}
+                    body = m.search_body({"script_score": {"query": {"match_all": {}}, "script": script}}, k)
+                else:
+                    body = {"size": int(k), "_source": False,
+                            "knn": m.es_knn_section(self.vector_field, queries[i], k, self.num_candidates)}
+                bodies.append(body if self.id_field is None else {**body, "_source": [self.id_field]})
+            try:
+                responses = self._msearch(shadow, bodies, "k-NN search")
+            except _ResponseError as exc:
+                raise self._error(exc, "k-NN search", shadow) from None
+            results += [self._hits(r, dot=True) for r in responses]
+        return results
+
+    def drop_vectors(self, space: str) -> None:
+        """Delete the shadow index of ``space`` (only that index); no-op when absent."""
+        shadow = self.shadow_index(space)
+        self._call("deleting a shadow index", self.client.indices.delete, index=shadow, ignore_unavailable=True)
+        self._loading.discard(space)
+
+    def hybrid_search(
+        self,
+        space: str,
+        texts: Sequence[str],
+        vectors: np.ndarray,
+        k: int,
+        *,
+        weight: float = 0.5,
+        method: FusionMethod = "min_max",
+    ) -> list[list[Hit]]:
+        """BM25 + k-NN in one request with the ``rrf`` or ``linear`` (min-max) retriever."""
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        if len(texts) != len(vectors):
+            raise ValueError(f"{len(texts)} texts but {len(vectors)} vectors")
+        needed = "8.14.0" if method == "rrf" else "8.18.0"
+        require_version(self.version(), needed, f"hybrid search ({method} retriever)", engine="Elasticsearch")
+        if not self.copy_text:
+            raise FieldMappingError("hybrid_search needs the text fields in the shadow index; use copy_text=True")
+        shadow = self.shadow_index(space)
+        self.finish_vectors(space)
+        title, fields = self.fields()
+        fields = tuple(f for f in (title, *fields) if f)
+        out = []
+        for text, vec in zip(texts, vectors):
+            retriever = m.es_hybrid_retriever(text, fields, self.vector_field, vec, k, method=method, weight=weight)
+            body = {"size": int(k), "_source": self._id_source(), "retriever": retriever}
+            resp = self._call("hybrid search", self.client.search, index=shadow, body=body)
+            out.append(self._hits(resp))
+        return out
