@@ -1,0 +1,126 @@
+"""OnnxEncoder: equality with torch embeddings, order restoration, folders, providers, int8."""
+
+from __future__ import annotations
+
+import random
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rgpl_adapt.config import ExportConfig
+from rgpl_adapt.encoding import SentenceTransformerEncoder, TextEncoder
+from rgpl_adapt.export import export_model, quantize_int8
+from rgpl_adapt.onnx_encoder import OnnxEncoder, default_providers, resolve_onnx_dir
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory, tiny_student, documents) -> Path:
+    out = tmp_path_factory.mktemp("onnx-encoder")
+    texts = [d.full_text() for d in documents[:6]]
+    export_model(tiny_student, out, ExportConfig(), sample_texts=texts)
+    return out
+
+
+@pytest.fixture(scope="module")
+def torch_model(tiny_student):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(tiny_student), device="cpu").eval()
+
+
+def mixed_texts(documents) -> list[str]:
+    texts = [d.full_text() for d in documents]
+    texts += ["x", "", "vitamin d", " ".join(d.text for d in documents[:6])]  # empty and over-long texts
+    random.Random(1).shuffle(texts)
+    return texts
+
+
+def test_is_a_text_encoder_with_dim(export_dir):
+    import inspect
+
+    enc: TextEncoder = OnnxEncoder(export_dir)
+    # TextEncoder is a plain Protocol: check the method shape it declares
+    expected = list(inspect.signature(TextEncoder.encode).parameters)[1:]
+    assert list(inspect.signature(enc.encode).parameters) == expected
+    assert enc.dim == 32 and enc.max_seq_len == 64 and enc.normalize is False
+
+
+def test_equals_torch_embeddings(export_dir, torch_model, documents):
+    texts = mixed_texts(documents)
+    ref = SentenceTransformerEncoder(torch_model).encode(texts, batch_size=16)
+    got = OnnxEncoder(export_dir).encode(texts, batch_size=16)
+    assert got.dtype == np.float32 and got.shape == (len(texts), 32)
+    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
+
+
+def test_order_is_restored_whatever_the_batching(export_dir, documents):
+    enc = OnnxEncoder(export_dir)
+    texts = mixed_texts(documents)
+    one_by_one = np.stack([enc.encode([t])[0] for t in texts])
+    for batch_size in (1, 5, 64):
+        np.testing.assert_allclose(enc.encode(texts, batch_size=batch_size), one_by_one, atol=1e-5)
+    # rows follow the input: encoding the reversed list gives reversed rows
+    np.testing.assert_allclose(enc.encode(texts[::-1], batch_size=7), one_by_one[::-1], atol=1e-5)
+    # distinct texts give distinct vectors, so a mix-up would be visible
+    assert not np.allclose(one_by_one[0], one_by_one[1])
+
+
+def test_empty_input_and_progress_reports_every_text(export_dir, documents):
+    enc = OnnxEncoder(export_dir)
+    assert enc.encode([]).shape == (0, 32)
+    seen = []
+
+    @contextmanager
+    def recording(total=None, desc="", unit="it"):
+        class Bar:
+            def update(self, n=1):
+                seen.append(n)
+
+            def set_postfix(self, **values):
+                pass
+
+        seen.append(("total", total))
+        yield Bar()
+
+    enc.encode([d.text for d in documents[:10]], batch_size=4, progress=recording)
+    assert seen == [("total", 10), 4, 4, 2]
+    with pytest.raises(ValueError, match="batch_size"):
+        enc.encode(["a"], batch_size=0)
+
+
+def test_folder_resolution_and_errors(export_dir, tmp_path):
+    assert resolve_onnx_dir(export_dir) == export_dir / "onnx"
+    assert resolve_onnx_dir(export_dir / "onnx") == export_dir / "onnx"
+    direct = OnnxEncoder(export_dir / "onnx").encode(["gene dna"])
+    np.testing.assert_array_equal(direct, OnnxEncoder(export_dir).encode(["gene dna"]))
+    with pytest.raises(FileNotFoundError, match="rgpl_onnx.json"):
+        OnnxEncoder(tmp_path)
+    with pytest.raises(FileNotFoundError, match="int8"):
+        OnnxEncoder(export_dir, int8=True)
+
+
+def test_providers_default_and_override(export_dir):
+    import onnxruntime as ort
+
+    expected = "CUDAExecutionProvider" if "CUDAExecutionProvider" in ort.get_available_providers() else "CPUExecutionProvider"
+    assert default_providers()[0] == expected
+    assert OnnxEncoder(export_dir).session.get_providers()[0] == expected
+    enc = OnnxEncoder(export_dir, providers=["CPUExecutionProvider"], threads=1)
+    assert enc.session.get_providers() == ["CPUExecutionProvider"]
+
+
+def test_int8_graph(export_dir, tmp_path, documents):
+    import shutil
+
+    onnx_dir = tmp_path / "onnx"
+    shutil.copytree(export_dir / "onnx", onnx_dir)
+    quantize_int8(onnx_dir / "model.onnx", onnx_dir / "model_int8.onnx")
+    texts = [d.full_text() for d in documents[:12]]
+    fp32 = OnnxEncoder(onnx_dir).encode(texts)
+    int8 = OnnxEncoder(onnx_dir, int8=True)
+    assert int8.graph_path.name == "model_int8.onnx"
+    q = int8.encode(texts)
+    cos = np.sum(fp32 * q, axis=1) / (np.linalg.norm(fp32, axis=1) * np.linalg.norm(q, axis=1))
+    assert cos.min() > 0.95 and not np.array_equal(fp32, q)
