@@ -18,6 +18,7 @@ The pieces here are separate so the math is testable without a model:
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -113,8 +114,10 @@ class CrossEncoderTeacher:
 class BiEncoderTeacher:
     """A bi-encoder teacher: score = dot (or cosine) of query and passage embeddings.
 
-    Each distinct text is encoded once per call, so a positive shared by many pairs costs one
-    forward pass.
+    Embeddings are memoised by text across calls (at most ``memo_size`` texts; the oldest are
+    forgotten first), so each distinct query or passage is encoded once however many pairs and
+    labeling rounds need it: the teacher's cost is O(unique texts), not O(pairs). ``encoded``
+    counts the texts actually run through the model.
     """
 
     def __init__(
@@ -124,11 +127,17 @@ class BiEncoderTeacher:
         batch_size: int = 64,
         max_seq_len: int | None = 350,
         similarity: Similarity = "dot",
+        memo_size: int = 200_000,
     ) -> None:
         from rgpl_adapt.models import load_sentence_transformer
 
         if similarity not in ("dot", "cosine"):
             raise ValueError(f"similarity must be 'dot' or 'cosine', got {similarity!r}")
+        if memo_size < 0:
+            raise ValueError(f"memo_size must not be negative, got {memo_size}")
+        self.memo_size = memo_size
+        self.encoded = 0
+        self._memo: dict[str, np.ndarray] = {}
         self.name = name
         self.batch_size = batch_size
         self.similarity = similarity
@@ -138,14 +147,31 @@ class BiEncoderTeacher:
         """Embeddings of the distinct texts, and for each input the row of its text."""
         index: dict[str, int] = {}
         where = np.array([index.setdefault(t, len(index)) for t in texts], dtype=np.int64)
-        emb = self.model.encode(
-            list(index),
-            batch_size=self.batch_size,
-            show_progress_bar=False,
-            convert_to_numpy=True,
-            normalize_embeddings=self.similarity == "cosine",
-        )
-        return np.asarray(emb, dtype=np.float32), where
+        todo = [t for t in index if t not in self._memo]
+        fresh: dict[str, np.ndarray] = {}
+        if todo:
+            emb = self.model.encode(
+                todo,
+                batch_size=self.batch_size,
+                show_progress_bar=False,
+                convert_to_numpy=True,
+                normalize_embeddings=self.similarity == "cosine",
+            )
+            fresh = dict(zip(todo, np.asarray(emb, dtype=np.float32)))
+            self.encoded += len(todo)
+        rows = np.stack([fresh[t] if t in fresh else self._memo[t] for t in index])
+        self._remember(fresh)
+        return rows, where
+
+    def _remember(self, fresh: dict[str, np.ndarray]) -> None:
+        """Add new embeddings to the memo, forgetting the oldest beyond ``memo_size``."""
+        if self.memo_size == 0:
+            return
+        self._memo.update(fresh)
+        excess = len(self._memo) - self.memo_size
+        if excess > 0:
+            for key in list(itertools.islice(self._memo, excess)):
+                del self._memo[key]
 
     def score(self, queries: Sequence[str], passages: Sequence[str]) -> np.ndarray:
         _check_pairs(queries, passages)

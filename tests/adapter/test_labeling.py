@@ -117,6 +117,43 @@ def test_bi_encoder_teacher_is_dot_or_cosine(tiny_student):
         BiEncoderTeacher(str(tiny_student), "cpu", similarity="l2")  # type: ignore[arg-type]
 
 
+def test_bi_encoder_teacher_memoises_embeddings_across_calls(tiny_student):
+    teacher = BiEncoderTeacher(str(tiny_student), "cpu", batch_size=4, max_seq_len=64)
+    encoded_texts: list[str] = []
+    real_encode = teacher.model.encode
+
+    def counting_encode(texts, **kw):
+        encoded_texts.extend(texts)
+        return real_encode(texts, **kw)
+
+    teacher.model.encode = counting_encode
+    qs = ["vitamin d bone", "tumor growth"]
+    ps = ["vitamin d calcium bone fracture", "brain memory"]
+    first = teacher.score(qs, ps)
+    assert sorted(encoded_texts) == sorted(qs + ps) and teacher.encoded == 4
+    # The same texts again, in new pairs, plus one new passage: only the new text is encoded.
+    second = teacher.score(["tumor growth", "vitamin d bone", "tumor growth"], ["brain memory", ps[0], "heart artery"])
+    assert encoded_texts[4:] == ["heart artery"] and teacher.encoded == 5
+    np.testing.assert_allclose(second[:2], first[::-1], rtol=1e-6)
+    # Memoised scores equal a fresh teacher's.
+    fresh = BiEncoderTeacher(str(tiny_student), "cpu", max_seq_len=64).score(["tumor growth"], ["heart artery"])
+    np.testing.assert_allclose(second[2:], fresh, rtol=1e-5, atol=1e-6)
+
+
+def test_bi_encoder_teacher_memo_is_bounded(tiny_student):
+    teacher = BiEncoderTeacher(str(tiny_student), "cpu", max_seq_len=64, memo_size=3)
+    teacher.score(["a b", "c d"], ["e f", "g h"])  # 4 distinct texts, only the newest 3 kept
+    assert len(teacher._memo) == 3 and "a b" not in teacher._memo
+    teacher.score(["a b"], ["g h"])  # "a b" was forgotten: encoded again; "g h" was kept
+    assert teacher.encoded == 5 and len(teacher._memo) == 3
+    unmemoised = BiEncoderTeacher(str(tiny_student), "cpu", max_seq_len=64, memo_size=0)
+    scores = unmemoised.score(["a b", "a b"], ["e f", "e f"])
+    unmemoised.score(["a b"], ["e f"])
+    assert unmemoised.encoded == 4 and not unmemoised._memo and scores[0] == scores[1]
+    with pytest.raises(ValueError, match="memo_size"):
+        BiEncoderTeacher(str(tiny_student), "cpu", memo_size=-1)
+
+
 def test_load_teacher_detects_kind(tiny_cross_encoder, tiny_student):
     assert isinstance(load_teacher(LabelConfig(teacher=str(tiny_cross_encoder)), "cpu"), CrossEncoderTeacher)
     assert isinstance(load_teacher(LabelConfig(teacher=str(tiny_student)), "cpu"), BiEncoderTeacher)
