@@ -112,7 +112,7 @@ class ClusterSettings:
     @classmethod
     def from_env(
         cls, engine: Engine = "opensearch", env: Mapping[str, str] | None = None, **overrides: Any
-    ) -> "ClusterSettings":
+    ) -> ClusterSettings:
         """Settings from environment variables (see the module docstring); ``overrides`` win."""
         env = os.environ if env is None else env
         p = "OPENSEARCH" if engine == "opensearch" else "ELASTICSEARCH"

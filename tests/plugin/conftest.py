@@ -12,8 +12,8 @@ from urllib.parse import unquote
 
 import numpy as np
 import pytest
-
 from rgpl_plugin.base import Document
+
 from tests.plugin.spec import OpenSearchSpec, parse_body
 
 SHARDS = {"total": 1, "successful": 1, "skipped": 0, "failed": 0}
@@ -97,7 +97,7 @@ class FakeCluster:
             )
             return self._result([self._hit(index, i, float(s), body.get("_source")) for s, i in scored[:size] if s > 0])
         dots = sorted(((float(np.dot(vec, s[fieldname])), i) for i, s in store.items()), key=lambda t: (-t[0], t[1]))
-        score = lambda d: d + 1 if d >= 0 else 1 / (1 - d)  # noqa: E731  the innerproduct score
+        score = lambda d: d + 1 if d >= 0 else 1 / (1 - d)
         return self._result([self._hit(index, i, score(d), body.get("_source")) for d, i in dots[: min(k, size)]])
 
     def handle(self, method: str, path: str, params: dict, body: Any) -> tuple[int, Any]:
@@ -181,6 +181,11 @@ class FakeCluster:
             return 200, {"acknowledged": True}
         return 400, {"error": {"type": "illegal_argument_exception", "reason": f"fake: no handler for {method} {path}"},
                      "status": 400}
+
+
+def _ip_score(dot: float) -> float:
+    """How OpenSearch scores an ``innerproduct`` match."""
+    return dot + 1 if dot >= 0 else 1 / (1 - dot)
 
 
 def fake_client(cluster: FakeCluster, **kwargs: Any) -> Any:

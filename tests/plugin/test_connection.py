@@ -6,7 +6,6 @@ import sys
 import types
 
 import pytest
-
 from rgpl_plugin.base import BackendError
 from rgpl_plugin.connection import ClusterSettings, redact
 from rgpl_plugin.errors import ClusterUnreachableError, translate

@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from rgpl_plugin.base import Backend
 from rgpl_plugin.connection import ClusterSettings
 from rgpl_plugin.elasticsearch import ElasticsearchBackend
 from rgpl_plugin.errors import BulkWriteError, ClusterAuthError, IndexMissingError, VersionTooOldError
+
 from tests.plugin.conftest import Exchange, FakeCluster
 from tests.plugin.spec import parse_body
 
@@ -46,8 +46,8 @@ class FakeElastic(FakeCluster):
     def _search(self, index: str, body: dict) -> dict:
         body = dict(body)
         if "retriever" in body:
-            (kind, spec), = body.pop("retriever").items()
-            knn = [r.get("retriever", r)["knn"] for r in spec["retrievers"] if "knn" in r.get("retriever", r)][0]
+            (spec,) = body.pop("retriever").values()
+            knn = next(r.get("retriever", r)["knn"] for r in spec["retrievers"] if "knn" in r.get("retriever", r))
             body["knn"] = knn
         if "knn" in body:
             knn = body.pop("knn")

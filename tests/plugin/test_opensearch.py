@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from rgpl_plugin import mappings as m
-from rgpl_plugin.base import Backend, BackendError, Document
+from rgpl_plugin.base import Backend, Document
 from rgpl_plugin.errors import (
     BulkWriteError,
     ClusterAuthError,
@@ -19,6 +18,7 @@ from rgpl_plugin.errors import (
     VersionTooOldError,
 )
 from rgpl_plugin.opensearch import OpenSearchBackend, put_hybrid_pipeline, set_default_pipeline
+
 from tests.plugin.conftest import FakeCluster, fake_client, load_corpus
 from tests.plugin.spec import SpecError
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from rgpl_plugin.errors import AliasSwapError, BulkWriteError, IndexMissingError
 from rgpl_plugin.opensearch import OpenSearchBackend
 from rgpl_plugin.opensearch_publish import alias_state, publish_version, rollback, swap_alias, version_meta
+
 from tests.plugin.conftest import load_corpus
 
 
