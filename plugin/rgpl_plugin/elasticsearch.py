@@ -126,31 +126,11 @@ class ElasticsearchBackend(OpenSearchBackend):
         self._call("creating a dense_vector shadow index", self.client.indices.create, index=shadow, body=body)
         self._loading.add(space)
 
-    def _bulk(self, actions: Any, action: str, index: str) -> int:
+    @staticmethod
+    def _streaming_bulk() -> Any:
         from elasticsearch.helpers import streaming_bulk
 
-        from rgpl_plugin.errors import BulkWriteError
-
-        failures, done = [], 0
-        try:
-            for ok, info in streaming_bulk(
-                self.client, actions, chunk_size=self.bulk_chunk_size, max_retries=self.max_retries,
-                initial_backoff=self.initial_backoff, max_backoff=self.max_backoff,
-                raise_on_error=False, raise_on_exception=True, yield_ok=True,
-            ):
-                done += 1
-                if not ok:
-                    failures.append(info)
-        except Exception as exc:
-            raise self._error(exc, action, index) from None
-        if failures:
-            first = next(iter(failures[0].values()), {})
-            raise BulkWriteError(
-                f"{len(failures)} of {done} documents failed while {action}; first: "
-                f"{first.get('status')} {str(first.get('error'))[:300]}",
-                failures,
-            )
-        return done
+        return streaming_bulk
 
     def knn_search(self, space: str, queries: np.ndarray, k: int, *, exact: bool | None = None) -> list[list[Hit]]:
         """Top-k by inner product (top-level ``knn``, or exact ``script_score``); raw dot products."""

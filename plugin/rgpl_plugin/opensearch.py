@@ -482,9 +482,15 @@ class OpenSearchBackend:
         self._bulk(actions(), f"writing vectors to {shadow}", shadow)
         self._call("refreshing a shadow index", self.client.indices.refresh, index=shadow)
 
-    def _bulk(self, actions: Any, action: str, index: str) -> int:
+    @staticmethod
+    def _streaming_bulk() -> Callable[..., Any]:
         from opensearchpy.helpers import streaming_bulk
 
+        return streaming_bulk
+
+    def _bulk(self, actions: Any, action: str, index: str) -> int:
+        """Stream bulk actions (429s retried with backoff); BulkWriteError lists what failed."""
+        streaming_bulk = self._streaming_bulk()
         failures, done = [], 0
         try:
             for ok, info in streaming_bulk(
