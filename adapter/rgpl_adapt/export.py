@@ -29,8 +29,8 @@ Parity. At export time ``sample_texts`` are encoded by the torch model (``Senten
 eval, fp32) and by onnxruntime through the shipped tokenizer.json; the max abs difference must not
 exceed ``cfg.tolerance`` or :class:`ExportError` is raised. Long texts check truncation too.
 
-int8. ``onnxruntime.quantization.quantize_dynamic`` with QInt8 weights on ``MatMul`` only (the
-dense layers, where the time goes). ``Gather`` (the embedding table) is left fp32: quantizing it saves
+int8. ``onnxruntime.quantization.quantize_dynamic`` with per-channel QInt8 weights on ``MatMul`` only
+(the dense layers, where the time goes; per-tensor scales lost too much, see :func:`quantize_int8`). ``Gather`` (the embedding table) is left fp32: quantizing it saves
 disk but not time and costs accuracy. The int8 graph's max abs diff and mean cosine to the fp32 graph
 are recorded. We fail only when the mean cosine is below :data:`INT8_MIN_COSINE` (0.95): at that point
 int8 vectors no longer rank like the fp32 ones (nearest neighbours of a query shift noticeably), so the
@@ -272,14 +272,19 @@ def _export_graph(
 
 
 def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Dynamic int8 quantization (QInt8 weights, MatMul only) of an ONNX graph."""
+    """Dynamic int8 quantization (QInt8 per-channel weights, MatMul only) of an ONNX graph.
+
+    Per-channel scales matter: on all-MiniLM-L6-v2 per-tensor QInt8 gave a mean cosine to fp32 of only
+    0.925 on synthetic 128-token texts (0.963 on real sentences), per-channel 0.9935 (0.994);
+    ``reduce_range`` made it worse (0.77).
+    """
     quant = require("onnxruntime.quantization", package="onnxruntime")
     quant.quantize_dynamic(
         model_input=str(src),
         model_output=str(dst),
         op_types_to_quantize=["MatMul"],
         weight_type=quant.QuantType.QInt8,
-        per_channel=False,
+        per_channel=True,
         reduce_range=False,
     )
 
