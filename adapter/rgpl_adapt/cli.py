@@ -77,8 +77,8 @@ def _build_config(opts: dict[str, Any]) -> AdaptConfig:
     set_(
         "corpus",
         path=opts.get("corpus"),
-        text_field=opts.get("text_field"),
-        title_field=opts.get("title_field"),
+        text_field=(opts.get("text_field") or (None,))[0] if opts.get("corpus") else None,
+        title_field=opts.get("title_field") if opts.get("corpus") else None,
         id_field=opts.get("id_field"),
         limit=opts.get("limit"),
     )
@@ -112,15 +112,171 @@ def _build_config(opts: dict[str, Any]) -> AdaptConfig:
     return cfg
 
 
+# -- cluster connection options (shared by adapt --index, rollback, search --index) --------------
+
+_CONN_KEYS = ("urls", "username", "password", "api_key", "ca_certs", "client_cert", "client_key",
+              "verify_certs", "aws_region", "aws_service", "timeout")
+
+
+def cluster_options(fn: Any) -> Any:
+    """The connection options. Secrets come from the environment or files, never from argv."""
+    options = [
+        click.option("--engine", type=click.Choice(["opensearch", "elasticsearch"]), default="opensearch",
+                     show_default=True, help="Cluster engine."),
+        click.option("--url", "urls", multiple=True,
+                     help="Cluster URL (repeatable). Env: OPENSEARCH_URL / ELASTICSEARCH_URL (comma-separated)."),
+        click.option("--user", help="Basic-auth user (env OPENSEARCH_USER / ELASTICSEARCH_USER)."),
+        click.option("--password-file", type=click.Path(exists=True, dir_okay=False),
+                     help="File whose first line is the password (or set OPENSEARCH_PASSWORD / ELASTICSEARCH_PASSWORD)."),
+        click.option("--api-key-file", type=click.Path(exists=True, dir_okay=False),
+                     help="Elasticsearch: file holding an API key (or set ELASTIC_API_KEY)."),
+        click.option("--ca-certs", type=click.Path(exists=True, dir_okay=False), help="CA bundle to verify the cluster's certificate."),
+        click.option("--client-cert", type=click.Path(exists=True, dir_okay=False), help="Client certificate (mutual TLS)."),
+        click.option("--client-key", type=click.Path(exists=True, dir_okay=False), help="Client certificate key."),
+        click.option("--insecure", is_flag=True, help="Do not verify TLS certificates (a warning is printed)."),
+        click.option("--aws-region", help="Sign requests with AWS SigV4 for Amazon OpenSearch Service (credentials from boto3)."),
+        click.option("--cluster-config", type=click.Path(exists=True, dir_okay=False),
+                     help="JSON or YAML file with the connection keys (urls, username, password, api_key, ca_certs, "
+                          "client_cert, client_key, verify_certs, aws_region, aws_service, timeout); flags win, then the file, then the environment."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _read_secret(path: str | None) -> str | None:
+    if not path:
+        return None
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return lines[0].strip() if lines else None
+
+
+def _config_file(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    text = Path(path).read_text(encoding="utf-8")
+    if path.endswith((".yaml", ".yml")):
+        from rgpl_adapt.devices import require
+
+        data = require("yaml", package="pyyaml").safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise click.UsageError(f"{path} must hold an object of connection keys")
+    if "url" in data:
+        data["urls"] = data.pop("url")
+    if "user" in data:
+        data["username"] = data.pop("user")
+    unknown = set(data) - set(_CONN_KEYS)
+    if unknown:
+        raise click.UsageError(f"unknown key(s) in {path}: {', '.join(sorted(unknown))}; allowed: {', '.join(_CONN_KEYS)}")
+    if isinstance(data.get("urls"), str):
+        data["urls"] = [u.strip() for u in data["urls"].split(",") if u.strip()]
+    if "urls" in data:
+        data["urls"] = tuple(data["urls"])
+    return data
+
+
+def cluster_settings(opts: dict[str, Any]) -> tuple[Any, tuple[str, ...]]:
+    """``ClusterSettings`` from flags > --cluster-config > environment, and the secrets to scrub."""
+    from rgpl_plugin.base import BackendError
+    from rgpl_plugin.connection import ClusterSettings, redact
+
+    values = _config_file(opts.get("cluster_config"))
+    flags = {
+        "urls": tuple(opts.get("urls") or ()) or None,
+        "username": opts.get("user"),
+        "password": _read_secret(opts.get("password_file")),
+        "api_key": _read_secret(opts.get("api_key_file")),
+        "ca_certs": opts.get("ca_certs"),
+        "client_cert": opts.get("client_cert"),
+        "client_key": opts.get("client_key"),
+        "aws_region": opts.get("aws_region"),
+        "verify_certs": False if opts.get("insecure") else None,
+    }
+    values.update({k: v for k, v in flags.items() if v is not None})
+    secrets = tuple(s for s in (values.get("password"), values.get("api_key")) if s)
+    try:
+        settings = ClusterSettings.from_env(opts.get("engine") or "opensearch", **values)
+    except BackendError as exc:
+        raise click.UsageError(redact(str(exc), secrets)) from None
+    if not settings.verify_certs:
+        click.echo("WARNING: TLS certificate verification is OFF (--insecure): anyone on the network path can "
+                   "impersonate the cluster and read the credentials. Use --ca-certs instead.", err=True)
+    return settings, tuple(set(secrets) | set(settings.secrets))
+
+
+def options_from(opts: dict[str, Any]) -> Any:
+    """``ClusterOptions`` from the adapt command's flags (ValueError on bad combinations)."""
+    from rgpl_adapt.cluster import ClusterOptions
+
+    query = None
+    if opts.get("query_json"):
+        try:
+            query = json.loads(opts["query_json"])
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--query is not valid JSON ({exc}); example: --query '{{\"term\": {{\"lang\": \"en\"}}}}'") from None
+        if not isinstance(query, dict) or len(query) != 1:
+            raise ValueError("--query must be one query object, e.g. {\"term\": {\"lang\": \"en\"}}")
+    return ClusterOptions(
+        index=opts["index_name"],
+        engine=opts.get("engine") or "opensearch",
+        text_fields=tuple(opts.get("text_field") or ()),
+        title_field=opts.get("title_field"),
+        query=query,
+        sample=opts.get("sample"),
+        miner=opts.get("miner") or "cluster",
+        alias=opts.get("alias"),
+        allow_alias_takeover=bool(opts.get("allow_alias_takeover")),
+        publish=not opts.get("no_publish"),
+        search_pipeline=not opts.get("no_search_pipeline"),
+        register_model=bool(opts.get("register_model")),
+        version=opts.get("publish_version"),
+    )
+
+
+def _preflight_alias(settings: Any, options: Any, secrets: tuple[str, ...]) -> None:
+    """Refuse, before hours of training, to publish over a concrete index without the explicit flag."""
+    from rgpl_adapt.cluster import open_backend
+    from rgpl_plugin.base import BackendError
+    from rgpl_plugin.connection import redact
+    from rgpl_plugin.opensearch_publish import alias_state
+
+    if not options.publish or options.allow_alias_takeover:
+        return
+    alias = options.alias or options.index
+    backend = open_backend(settings, options)
+    try:
+        state, _ = backend._call("checking the alias", alias_state, backend.client, alias, _index=alias)
+    except BackendError as exc:
+        raise click.ClickException(redact(str(exc), secrets)) from None
+    finally:
+        backend.close()
+    if state == "index":
+        raise click.UsageError(
+            f"{alias!r} is a concrete index, not an alias. rgpl-adapt serves a new version with zero downtime by "
+            f"writing {alias}-rgpl-<version> and pointing an alias at it, and an alias cannot share a name with an "
+            f"index. Choose one:\n"
+            f"  --alias NAME            serve behind a new alias NAME (your index {alias!r} stays as it is; point "
+            f"your application at NAME), or\n"
+            f"  --allow-alias-takeover  DELETE index {alias!r} and create alias {alias!r} -> the new version in one "
+            f"atomic call (snapshot the index first; this cannot be rolled back), or\n"
+            f"  --no-publish            adapt only.\nNothing was changed."
+        )
+    if state == "absent" and options.alias:
+        return  # a new alias: publish_version adds it next to the source index
+
+
 @cli.command()
 @click.option("--corpus", type=click.Path(exists=True), help="A BEIR folder (corpus.jsonl) or a JSONL file.")
-@click.option("--index", "index_name", help="Adapt to an OpenSearch/Elasticsearch index instead (see --help of the cluster options).")
+@click.option("--index", "index_name", help="Adapt to an OpenSearch/Elasticsearch index (or alias) instead; see the cluster options below.")
 @click.option("--out", "out", type=click.Path(), default=None, help="Run folder (default: runs/<corpus or index name>).")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), help="A JSON file of AdaptConfig sections; flags override it.")
 @click.option("--scale", type=click.Choice(["auto", "cpu", "paper"]), default="auto", show_default=True,
               help="paper: 140k steps, batch 32 (GPU). cpu: a minutes-long run (300 steps, batch 16). auto: paper on GPU, cpu otherwise.")
-@click.option("--text-field", help="JSONL field with the passage text (default: text).")
-@click.option("--title-field", help="JSONL field with the title (default: title).")
+@click.option("--text-field", multiple=True,
+              help="Field with the passage text (JSONL default: text; cluster: detected from the mapping; repeatable for a cluster).")
+@click.option("--title-field", help="Field with the title (default: title).")
 @click.option("--id-field", help="JSONL field with the document id (default: _id).")
 @click.option("--limit", type=int, help="Use only the first N valid documents.")
 @click.option("--generator", help="Query generator: a doc2query T5 or a causal LM (hub name or local path).")
@@ -148,6 +304,21 @@ def _build_config(opts: dict[str, Any]) -> AdaptConfig:
 @click.option("--device", help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--resume", is_flag=True, help="Continue an interrupted training from its last checkpoint.")
 @click.option("--restart", is_flag=True, help="Discard an interrupted training and start it over.")
+@cluster_options
+@click.option("--query", "query_json", help="Cluster: a query (JSON, OpenSearch/Elasticsearch DSL) selecting the documents to adapt to.")
+@click.option("--sample", type=int, help="Cluster: adapt to a uniform sample of N documents (huge indices); all documents are served.")
+@click.option("--miner", type=click.Choice(["cluster", "local"]), default="cluster", show_default=True,
+              help="cluster: negatives mined with k-NN in temporary shadow indices. local: vectors searched on this machine "
+                   "(exact/HNSW), BM25 still from the cluster.")
+@click.option("--alias", help="Cluster: the alias to serve the new version behind (default: the --index name).")
+@click.option("--allow-alias-takeover", is_flag=True,
+              help="Cluster: --index is a concrete index: replace it by an alias of the new version (DELETES that index; snapshot first).")
+@click.option("--no-publish", is_flag=True, help="Cluster: adapt only; write nothing to the cluster but temporary shadow indices.")
+@click.option("--no-search-pipeline", is_flag=True,
+              help="Cluster (OpenSearch): publish the vectors but create no hybrid search pipeline (no neural-search plugin).")
+@click.option("--register-model", is_flag=True,
+              help="OpenSearch: upload the ONNX model to ML Commons, deploy it, embed new documents at ingest.")
+@click.option("--publish-version", help="Cluster: version name of the new index <alias>-rgpl-<version> (default: v<UTC time>).")
 @click.option("-v", "--verbose", count=True)
 def adapt(**opts: Any) -> None:
     """Adapt a model to a corpus: generate queries, mine, label, train with remining, export.
@@ -161,17 +332,23 @@ def adapt(**opts: Any) -> None:
           --teacher ./mpnet --retriever ./minilm --student ./minilm --steps 500
       # plain GPL for comparison:
       rgpl-adapt --corpus ../shared/data/scifact --out runs/gpl --remine-every 0
+      # an OpenSearch index behind alias "docs" (password from the environment, never argv):
+      export OPENSEARCH_URL=https://search.example:9200 OPENSEARCH_USER=adapter
+      export OPENSEARCH_PASSWORD=...   # or --password-file
+      rgpl-adapt --index docs --text-field body --title-field title --ca-certs ca.pem
+      # mine on this machine instead of the cluster's k-NN, adapt only:
+      rgpl-adapt --index docs --miner local --no-publish
     """
     _setup_logging(opts.pop("verbose"))
     if opts.get("resume") and opts.get("restart"):
         raise click.UsageError("--resume and --restart exclude each other")
     if bool(opts.get("corpus")) == bool(opts.get("index_name")):
         raise click.UsageError("pass exactly one of --corpus PATH or --index NAME")
+    if opts.get("corpus") and len(opts.get("text_field") or ()) > 1:
+        raise click.UsageError("--text-field can be repeated only with --index (a JSONL corpus has one text field)")
     if opts.get("index_name"):
-        raise click.UsageError(
-            "--index (adapting an OpenSearch/Elasticsearch index) needs the cluster backend, which this "
-            "version does not ship yet; export the documents to JSONL and use --corpus"
-        )
+        _adapt_index(opts)
+        return
     cfg = _build_config(opts)
     out = Path(opts["out"] or Path("runs") / Path(opts["corpus"]).stem)
     from rgpl_adapt.pipeline import Pipeline
@@ -192,6 +369,46 @@ def adapt(**opts: Any) -> None:
     if result.onnx_dir:
         click.echo(f"onnx:  {result.onnx_dir}")
     click.echo(f"next:  rgpl-adapt search --run {out} \"your query\"")
+
+
+def _adapt_index(opts: dict[str, Any]) -> None:
+    """``adapt --index``: the cluster flow (see :mod:`rgpl_adapt.cluster`)."""
+    from rgpl_adapt.cluster import adapt_index
+    from rgpl_adapt.progress import tqdm_progress
+
+    settings, secrets = cluster_settings(opts)
+    try:
+        options = options_from(opts)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    _preflight_alias(settings, options, secrets)
+    cfg = _build_config(opts)
+    out = Path(opts["out"] or Path("runs") / options.index)
+    click.echo(
+        f"rgpl-adapt: index {options.index!r} on {', '.join(settings.urls)} ({options.engine}, miner {options.miner}), "
+        f"{cfg.training.steps} steps, remine every {cfg.remine.every or 'never (GPL)'}, run folder {out}",
+        err=True,
+    )
+    try:
+        result = adapt_index(cfg, out, settings, options, progress=tqdm_progress, on_event=_echo_event,
+                             resume=opts["resume"], restart=opts["restart"])
+    except (RuntimeError, ValueError, OSError, ImportError, KeyError) as exc:
+        from rgpl_plugin.connection import redact
+
+        raise click.ClickException(redact(str(exc), secrets)) from None
+    info = result.report.get("cluster", {})
+    click.echo(f"model: {result.model_dir}")
+    if info.get("published"):
+        click.echo(f"serving: alias {info['alias']} -> {info['index']} (previous: {info.get('previous') or 'none'})")
+        if info.get("search_pipeline"):
+            click.echo(f"hybrid:  search pipeline {info['search_pipeline']} (dense weight {info['hybrid_weight']:.2f}), "
+                       "the index's default")
+        if info.get("model_id"):
+            click.echo(f"ml:      model {info['model_id']}, ingest pipeline {info.get('ingest_pipeline')}")
+        click.echo(f"next:    rgpl-adapt search --index {info['alias']} \"your query\"   "
+                   f"(undo: rgpl-adapt rollback --index {info['alias']})")
+    else:
+        click.echo("published: nothing (--no-publish)")
 
 
 @cli.command("eval")
@@ -226,21 +443,30 @@ def eval_(run_dir: str, qrels: str, queries: str | None, systems: tuple[str, ...
 
 
 @cli.command()
-@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), required=True)
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), help="The run folder (default with --index: runs/<index>).")
+@click.option("--index", "index_name", help="Search this OpenSearch/Elasticsearch index or alias instead of the run's embedded index.")
+@cluster_options
 @click.option("-k", "k", type=int, default=10, show_default=True)
 @click.option("--mode", type=click.Choice(["hybrid", "dense", "bm25"]), default="hybrid", show_default=True)
 @click.option("--weight", type=float, help="Dense weight for hybrid (default: the one chosen during adaptation).")
 @click.option("--json", "as_json", is_flag=True)
 @click.argument("query")
-def search(run_dir: str, k: int, mode: str, weight: float | None, as_json: bool, query: str) -> None:
-    """Search the run's index with the adapted model.
+def search(run_dir: str | None, index_name: str | None, k: int, mode: str, weight: float | None, as_json: bool,
+           query: str, **conn: Any) -> None:
+    """Search the run's index with the adapted model (in the cluster with --index).
 
     \b
-    Example:
+    Examples:
       rgpl-adapt search --run runs/scifact "does vitamin D prevent fractures"
+      OPENSEARCH_URL=https://search.example:9200 rgpl-adapt search --index docs "vitamin D"
     """
     from rgpl_adapt.pipeline import DENSE_SPACE, PipelineError, hybrid_weight_of, load_encoder, open_embedded
 
+    if index_name:
+        _search_index(run_dir, index_name, k, mode, weight, as_json, query, conn)
+        return
+    if not run_dir:
+        raise click.UsageError("pass --run RUN_FOLDER (or --index NAME to search a cluster)")
     try:
         backend = open_embedded(run_dir)
         if mode == "bm25":
@@ -258,12 +484,77 @@ def search(run_dir: str, k: int, mode: str, weight: float | None, as_json: bool,
         docs = backend.get_documents([h.doc_id for h in hits])
     except (RuntimeError, ValueError, OSError, KeyError) as exc:
         raise click.ClickException(str(exc)) from exc
+    _print_hits([{"id": h.doc_id, "score": h.score, "title": d.title, "text": d.text} for h, d in zip(hits, docs)], as_json)
+
+
+def _print_hits(rows: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps([{"id": h.doc_id, "score": h.score, "title": d.title, "text": d.text} for h, d in zip(hits, docs)]))
+        click.echo(json.dumps(rows))
         return
-    for rank, (h, d) in enumerate(zip(hits, docs), 1):
-        snippet = (d.title + ": " if d.title else "") + d.text
-        click.echo(f"{rank:>2}. {h.score:8.4f}  {d.id}  {snippet[:100]}")
+    for rank, row in enumerate(rows, 1):
+        snippet = (row["title"] + ": " if row["title"] else "") + row["text"]
+        click.echo(f"{rank:>2}. {row['score']:8.4f}  {row['id']}  {snippet[:100]}")
+
+
+def _search_index(run_dir: str | None, index: str, k: int, mode: str, weight: float | None, as_json: bool,
+                  query: str, conn: dict[str, Any]) -> None:
+    from rgpl_adapt.cluster import read_cluster_report, search_index
+    from rgpl_adapt.pipeline import load_encoder
+    from rgpl_plugin.connection import redact
+    from rgpl_plugin.errors import translate
+
+    run = Path(run_dir or Path("runs") / index)
+    settings, secrets = cluster_settings(conn)
+    client = None
+    try:
+        info = read_cluster_report(run)
+        if weight is not None:
+            info = {**info, "hybrid_weight": weight}
+        cfg = AdaptConfig.from_dict(json.loads((run / "config.json").read_text()))
+        vec = load_encoder(run / "export", cfg.export.onnx).encode([query])[0] if mode != "bm25" else None
+        client = settings.elasticsearch_client() if conn.get("engine") == "elasticsearch" else settings.opensearch_client()
+        try:
+            rows = search_index(client, conn.get("engine") or "opensearch", index, query, vec, info, k=k, mode=mode)
+        except Exception as exc:
+            raise translate(exc, action="searching", index=index, urls=settings.urls, secrets=secrets) from None
+    except (RuntimeError, ValueError, OSError, KeyError) as exc:
+        raise click.ClickException(redact(str(exc), secrets)) from None
+    finally:
+        if client is not None:
+            client.close()
+    _print_hits(rows, as_json)
+
+
+@cli.command()
+@click.option("--index", "index_name", required=True, help="The alias to move back one version.")
+@cluster_options
+def rollback(index_name: str, **conn: Any) -> None:
+    """Point the alias back at the index the current version replaced (the previous version stays).
+
+    \b
+    Example:
+      OPENSEARCH_URL=https://search.example:9200 rgpl-adapt rollback --index docs
+    """
+    from rgpl_plugin.connection import redact
+    from rgpl_plugin.errors import translate
+    from rgpl_plugin.opensearch_publish import alias_state, rollback as rollback_alias
+
+    settings, secrets = cluster_settings(conn)
+    client = None
+    try:
+        client = settings.elasticsearch_client() if conn.get("engine") == "elasticsearch" else settings.opensearch_client()
+        try:
+            _, before = alias_state(client, index_name)
+            previous = rollback_alias(client, index_name)
+        except Exception as exc:
+            raise translate(exc, action=f"rolling back {index_name!r}", index=index_name, urls=settings.urls,
+                            secrets=secrets) from None
+    except (RuntimeError, ValueError, OSError, KeyError) as exc:
+        raise click.ClickException(redact(str(exc), secrets)) from None
+    finally:
+        if client is not None:
+            client.close()
+    click.echo(f"{index_name}: {', '.join(before)} -> {previous} ({', '.join(before)} is kept; delete it when you are sure)")
 
 
 @cli.command()

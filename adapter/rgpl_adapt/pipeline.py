@@ -24,10 +24,10 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rgpl_adapt.config import AdaptConfig
 from rgpl_adapt.devices import resolve_device
@@ -69,8 +69,27 @@ def open_embedded(run_dir: str | os.PathLike) -> Backend:
     return EmbeddedBackend.open(path)
 
 
+class Publisher(Protocol):
+    """The serve stage's second half for a backend that serves from elsewhere (a cluster).
+
+    When a pipeline has one, the serve stage encodes ``documents()`` (every document to serve,
+    which may be more than the ones adapted to) into the ``dense`` space of the backend, chooses
+    the hybrid weight, then calls ``publish``; its result goes into the serve manifest and
+    report.json (``cluster``). See :class:`rgpl_adapt.cluster.ClusterPublisher`.
+    """
+
+    def fingerprint(self) -> dict[str, Any]: ...
+
+    def documents(self) -> Iterable[Document]: ...
+
+    def publish(self, export_dir: Path, weights: dict[str, Any]) -> dict[str, Any]: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
 class Pipeline:
-    """One adaptation run. ``backend=None`` builds the embedded default from ``cfg.corpus``."""
+    """One adaptation run. ``backend=None`` builds the embedded default from ``cfg.corpus``;
+    ``publisher`` (with a cluster backend) publishes the served vectors at the end."""
 
     def __init__(
         self,
@@ -78,12 +97,14 @@ class Pipeline:
         run_dir: str | os.PathLike,
         *,
         backend: Backend | None = None,
+        publisher: Publisher | None = None,
         progress: ProgressFactory = silent,
         on_event: EventSink = _ignore,
     ) -> None:
         self.cfg = cfg
         self.dir = Path(run_dir)
         self.backend = backend
+        self.publisher = publisher
         self.progress = progress
         self.emit = on_event
         self.device = resolve_device(cfg.device)
@@ -119,9 +140,14 @@ class Pipeline:
         from rgpl_adapt.corpus import fingerprint, read_corpus
 
         if self.backend is not None:
+            from rgpl_adapt.cluster import docs_fingerprint
+
             docs = list(self.backend.iter_documents())
-            self._upstream = f"{self.backend.name}:{len(docs)}"
-            self.report["stages"]["corpus"] = {"documents": len(docs), "backend": self.backend.name}
+            self._upstream = f"{self.backend.name}:{len(docs)}:{docs_fingerprint(docs)}"
+            skipped = dict(getattr(getattr(self.backend, "source", self.backend), "skipped", {}) or {})
+            self.report["stages"]["corpus"] = {"documents": len(docs), "backend": self.backend.name, "skipped": skipped}
+            self.emit("corpus_read", {"summary": f"{len(docs)} documents from {self.backend.name}"
+                                      + (f", skipped {skipped}" if skipped else ""), "kept": len(docs), "skipped": skipped})
             return docs
         if not self.cfg.corpus.path:
             raise PipelineError("no corpus: pass --corpus PATH (a BEIR folder or a JSONL file) or --index NAME")
@@ -295,18 +321,27 @@ class Pipeline:
     def _stage_serve(self, export_dir: Path, docs: list[Document], queries: list[GeneratedQuery]) -> dict[str, Any]:
         def build(stage_dir: Path) -> dict[str, Any]:
             from rgpl_adapt.onnx_encoder import OnnxEncoder
+            from rgpl_plugin.base import batched
 
             encoder = load_encoder(export_dir, self.cfg.export.onnx)
-            ids = [d.id for d in docs]
-            vecs = encoder.encode([d.full_text() for d in docs], batch_size=64, progress=self.progress)
             self.backend.drop_vectors(DENSE_SPACE)
-            for start in range(0, len(ids), 10_000):
-                self.backend.put_vectors(DENSE_SPACE, ids[start : start + 10_000], vecs[start : start + 10_000])
+            served = self.publisher.documents() if self.publisher is not None else docs
+            n = 0
+            for chunk in batched(served, 10_000):  # streamed: a cluster index may not fit in memory
+                vecs = encoder.encode([d.full_text() for d in chunk], batch_size=64, progress=self.progress)
+                self.backend.put_vectors(DENSE_SPACE, [d.id for d in chunk], vecs)
+                n += len(chunk)
             _, held = self._split(queries)
             weights = choose_hybrid_weight(self.backend, encoder, held)
-            return {"vectors": len(ids), "space": DENSE_SPACE, **weights, "onnx": isinstance(encoder, OnnxEncoder)}
+            out = {"vectors": n, "space": DENSE_SPACE, **weights, "onnx": isinstance(encoder, OnnxEncoder)}
+            if self.publisher is not None:
+                out["cluster"] = self.publisher.publish(export_dir, weights)
+            return out
 
-        m = self._stage("serve", {"vectors": DENSE_SPACE}, build)
+        inputs: dict[str, Any] = {"vectors": DENSE_SPACE}
+        if self.publisher is not None:
+            inputs["publish"] = self.publisher.fingerprint()
+        m = self._stage("serve", inputs, build)
         return m.outputs
 
     # ------------------------------------------------------------------ public
@@ -321,7 +356,9 @@ class Pipeline:
         pools = self._stage_negatives(queries)
         model_dir = self._stage_train(docs, queries, pools, resume=resume, restart=restart, stop_after=stop_after)
         export_dir = self._stage_export(model_dir, docs)
-        self._stage_serve(export_dir, docs, queries)
+        served = self._stage_serve(export_dir, docs, queries)
+        if self.publisher is not None:
+            self.report["cluster"] = {**self.publisher.describe(), **served.get("cluster", {})}
         self.report["seconds"] = round(time.perf_counter() - t0, 3)
         self.report["device"] = self.device
         (self.dir / "report.json").write_text(json.dumps(self.report, indent=2, default=str))

@@ -15,6 +15,9 @@
 Any failure before the swap deletes the half-built version index (it is ours) and leaves the
 alias where it was. :func:`rollback` points the alias back at the index a version replaced.
 
+An ``alias`` that does not exist yet is created next to the user's index (``backend.index``),
+which stays untouched and is what :func:`rollback` points the alias back to.
+
 A concrete index named like the alias cannot coexist with the alias: taking its name over
 deletes that index in the same ``_aliases`` call (``remove_index``), so it needs
 ``allow_alias_takeover=True`` and cannot be rolled back.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Literal
 
 from rgpl_adapt.progress import ProgressFactory, silent
@@ -187,10 +191,15 @@ def publish_version(
     alias: str | None = None,
     allow_alias_takeover: bool = False,
     reindex_timeout_s: float = 3600.0,
+    before_swap: Callable[[str], None] | None = None,
     progress: ProgressFactory = silent,
 ) -> PublishResult:
     """Serve vector space ``space`` of ``backend`` as version ``version`` behind ``alias``
-    (default: the backend's index name). See the module docstring for the steps."""
+    (default: the backend's index name). See the module docstring for the steps.
+
+    ``before_swap(target_index)`` runs after verification and before the alias moves (e.g. to
+    create search/ingest pipelines and set them as the new index's defaults); when it raises,
+    the version index is deleted and the alias stays where it was, like any other failure."""
     client = backend.client
     alias = alias or backend.index
     if backend.id_field is not None:
@@ -201,7 +210,13 @@ def publish_version(
     backend.finish_vectors(space)
     state, current = alias_state(client, alias)
     if state == "absent":
-        raise IndexMissingError(f"{alias!r} is neither an index nor an alias; nothing to publish a version of")
+        if alias == backend.index:
+            raise IndexMissingError(f"{alias!r} is neither an index nor an alias; nothing to publish a version of")
+        # a new alias next to the user's index: the version copies what backend.index names, and
+        # rollback points the new alias back at that index
+        _, current = alias_state(client, backend.index)
+        if not current:
+            raise IndexMissingError(f"{backend.index!r} is neither an index nor an alias; nothing to publish a version of")
     if state == "index" and not allow_alias_takeover:
         raise _takeover_refused(alias)
     if len(current) != 1:
@@ -209,7 +224,7 @@ def publish_version(
     source = current[0]
     field = _first(client.indices.get_mapping(index=shadow))["mappings"]["properties"][backend.vector_field]
     dimension = int(field.get("dimension") or field["dims"])
-    previous = source if state == "alias" else None
+    previous = source if state in ("alias", "absent") else None
     meta = {"version": str(version), "space": space, "source_index": source, "previous": previous}
     target = create_version_index(
         client, alias, version, source, dimension, vector_field=backend.vector_field, engine=backend.engine, meta=meta
@@ -247,7 +262,9 @@ def publish_version(
                 f"verification failed for {target}: {n_target} documents (source {n_source}), {with_vec} with a "
                 f"vector (space has {n_vectors}, {written} written)"
             )
-        swap_alias(client, alias, None if state == "index" else source, target, takeover=state == "index")
+        if before_swap is not None:
+            before_swap(target)
+        swap_alias(client, alias, source if state == "alias" else None, target, takeover=state == "index")
     except Exception as exc:
         try:
             _delete_index(client, target)

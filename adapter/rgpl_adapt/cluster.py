@@ -1,0 +1,475 @@
+"""Adapting an existing OpenSearch / Elasticsearch index, and serving the result from the cluster.
+
+``rgpl-adapt --index docs`` goes through :func:`adapt_index`:
+
+* :class:`ClusterBackend` is what the pipeline sees. Documents and BM25 come from the user's
+  index (read only: Point-in-Time, ``multi_match``). Vector spaces (initial mining, every
+  remining round, the final ``dense`` space) live either in shadow k-NN indices on the cluster
+  (``miner="cluster"``) or in a local :class:`~rgpl_plugin.vectors.VectorStore` under the run
+  folder (``miner="local"``: exact / HNSW on the training machine; ``dense`` is mirrored to the
+  cluster because publishing copies it from there). Every space it created, and every
+  temporary search pipeline of the hybrid-weight sweep, is removed by :meth:`ClusterBackend.close`,
+  which :func:`adapt_index` calls also when the run fails.
+* :class:`ClusterPublisher` is the serve stage's cluster half: the final vectors of *every*
+  document of the index go into a new version index ``<alias>-rgpl-<version>`` behind the alias
+  (:func:`rgpl_plugin.opensearch_publish.publish_version`: zero downtime, the alias only moves
+  when everything is verified). Before the swap it creates the hybrid search pipeline with the
+  weight chosen on held-out pseudo queries and makes it the new index's
+  ``index.search.default_pipeline`` (OpenSearch); with ``register_model`` it also uploads the
+  ONNX model to ML Commons and sets a ``text_embedding`` ingest pipeline
+  (:mod:`rgpl_plugin.ml_commons`). Elasticsearch has no search pipelines: the report records the
+  retriever body to send instead.
+
+Nothing here deletes or rewrites a user's index; taking over a concrete index's name with an
+alias needs ``allow_alias_takeover`` (see :mod:`rgpl_plugin.opensearch_publish`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from rgpl_adapt.progress import ProgressFactory, silent
+from rgpl_plugin import mappings as m
+from rgpl_plugin.base import BackendError, Document, FusionMethod, Hit
+from rgpl_plugin.connection import ClusterSettings, Engine
+
+log = logging.getLogger(__name__)
+
+Miner = Literal["cluster", "local"]
+DENSE_SPACE = "dense"  # same name as rgpl_adapt.pipeline.DENSE_SPACE (imported lazily there)
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """What to adapt in the cluster and how to publish it (no credentials: those are in
+    :class:`~rgpl_plugin.connection.ClusterSettings`)."""
+
+    index: str
+    engine: Engine = "opensearch"
+    text_fields: tuple[str, ...] = ()
+    title_field: str | None = None
+    query: dict[str, Any] | None = None
+    sample: int | None = None
+    miner: Miner = "cluster"
+    alias: str | None = None
+    allow_alias_takeover: bool = False
+    publish: bool = True
+    search_pipeline: bool = True
+    register_model: bool = False
+    version: str | None = None
+    exact_knn: bool = False
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if self.miner not in ("cluster", "local"):
+            raise ValueError(f"miner must be 'cluster' or 'local', not {self.miner!r}")
+        if self.sample is not None and self.sample < 2:
+            raise ValueError("sample must be at least 2 documents")
+        if self.register_model and self.engine != "opensearch":
+            raise ValueError("register_model uploads to OpenSearch ML Commons; Elasticsearch is not supported")
+        if self.title_field and not self.text_fields:
+            raise ValueError("a title field needs the text field(s) too (--text-field)")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What decides the published result (for the serve stage's manifest)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("miner", "exact_knn")}
+
+
+def open_backend(client_or_settings: Any, options: ClusterOptions, *, query: bool = True) -> Any:
+    """The plugin backend for ``options.engine`` over ``options.index``."""
+    kwargs: dict[str, Any] = {
+        "text_fields": list(options.text_fields) or None,
+        "title_field": options.title_field,
+        "query": options.query if query else None,
+        "exact": options.exact_knn,
+    }
+    if options.engine == "elasticsearch":
+        from rgpl_plugin.elasticsearch import ElasticsearchBackend
+
+        return ElasticsearchBackend(client_or_settings, options.index, **kwargs)
+    if options.engine != "opensearch":
+        raise ValueError(f"engine must be 'opensearch' or 'elasticsearch', not {options.engine!r}")
+    from rgpl_plugin.opensearch import OpenSearchBackend
+
+    return OpenSearchBackend(client_or_settings, options.index, **kwargs)
+
+
+def sample_documents(documents: Iterator[Document], n: int, seed: int) -> list[Document]:
+    """A uniform sample of ``n`` documents (reservoir sampling: one pass, memory O(n)), in the
+    order they were read."""
+    rng = random.Random(seed)
+    reservoir: list[tuple[int, Document]] = []
+    for i, doc in enumerate(documents):
+        if i < n:
+            reservoir.append((i, doc))
+        else:
+            j = rng.randint(0, i)
+            if j < n:
+                reservoir[j] = (i, doc)
+    return [d for _, d in sorted(reservoir, key=lambda t: t[0])]
+
+
+class ClusterBackend:
+    """The :class:`rgpl_plugin.base.Backend` the pipeline uses for a cluster index.
+
+    Args:
+        source: an ``OpenSearchBackend`` / ``ElasticsearchBackend`` over the user's index.
+        store: a local ``VectorStore`` for ``miner="local"``; None keeps spaces in shadow indices.
+        sample: adapt to a uniform sample of this many documents (BM25 hits outside the sample
+            are dropped, over-fetching to keep ``k``).
+        mirror: spaces that are also written to the cluster in local mode (publishing copies the
+            served vectors from a shadow index).
+    """
+
+    def __init__(
+        self, source: Any, *, store: Any = None, sample: int | None = None, seed: int = 42,
+        mirror: Sequence[str] = (DENSE_SPACE,),
+    ) -> None:
+        self.source = source
+        self.store = store
+        self.name = f"{source.name}+local" if store is not None else source.name
+        self.sample_size = sample
+        self.seed = seed
+        self.mirror = set(mirror)
+        self._sample: list[Document] | None = None
+        self._sample_ids: set[str] | None = None
+        self.cluster_spaces: set[str] = set()
+        self.local_spaces: set[str] = set()
+
+    # -- reading ----------------------------------------------------------------------------
+    def _sampled(self) -> list[Document] | None:
+        if self.sample_size is None:
+            return None
+        if self._sample is None:
+            self._sample = sample_documents(self.source.iter_documents(), self.sample_size, self.seed)
+            self._sample_ids = {d.id for d in self._sample}
+            log.info("adapting to a sample of %d documents of %s", len(self._sample), self.source.index)
+        return self._sample
+
+    def count(self) -> int:
+        sampled = self._sampled()
+        return len(sampled) if sampled is not None else self.source.count()
+
+    def iter_documents(self, batch_size: int = 1000) -> Iterator[Document]:
+        sampled = self._sampled()
+        if sampled is not None:
+            yield from sampled
+        else:
+            yield from self.source.iter_documents(batch_size)
+
+    def get_documents(self, ids: Sequence[str]) -> list[Document]:
+        return self.source.get_documents(ids)
+
+    def bm25_search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+        if self._sampled() is None:
+            return self.source.bm25_search(queries, k)
+        total = max(1, self.source.count())
+        factor = min(10, math.ceil(total / max(1, len(self._sample or []))))
+        hits = self.source.bm25_search(queries, min(10_000, k * factor))
+        keep = self._sample_ids or set()
+        return [[h for h in hs if h.doc_id in keep][:k] for hs in hits]
+
+    # -- vector spaces ------------------------------------------------------------------------
+    def put_vectors(self, space: str, ids: Sequence[str], vectors: np.ndarray) -> None:
+        if self.store is None or space in self.mirror:
+            self.cluster_spaces.add(space)
+            self.source.put_vectors(space, ids, vectors)
+        if self.store is not None:
+            self.local_spaces.add(space)
+            self.store.put(space, list(ids), vectors)
+
+    def knn_search(self, space: str, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        if self.store is not None:
+            return self.store.search(space, np.atleast_2d(np.asarray(queries, dtype=np.float32)), k)
+        return self.source.knn_search(space, queries, k)
+
+    def has_vectors(self, space: str) -> bool:
+        return self.store.has(space) if self.store is not None else self.source.has_vectors(space)
+
+    def drop_vectors(self, space: str) -> None:
+        if self.store is None or space in self.mirror:
+            self.source.drop_vectors(space)
+            self.cluster_spaces.discard(space)
+        if self.store is not None:
+            self.store.drop(space)
+            self.local_spaces.discard(space)
+
+    def hybrid_search(
+        self, space: str, texts: Sequence[str], vectors: np.ndarray, k: int, *,
+        weight: float = 0.5, method: FusionMethod = "min_max",
+    ) -> list[list[Hit]]:
+        """In the cluster (shadow index + search pipeline), or, in local mode, the cluster's BM25
+        fused with local k-NN exactly as OpenSearch's processors fuse (:func:`rgpl_plugin.fusion.fuse`)."""
+        if self.store is None:
+            return self.source.hybrid_search(space, texts, vectors, k, weight=weight, method=method)
+        from rgpl_plugin.fusion import fuse
+
+        bm25 = self.source.bm25_search(texts, k)
+        dense = self.knn_search(space, vectors, k)
+        return [fuse(b, d, k, weight=weight, method=method) for b, d in zip(bm25, dense)]
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def cleanup(self) -> list[str]:
+        """Remove every vector space and temporary search pipeline this run created; returns
+        what was removed. Errors are logged, never raised (the first error of a run matters)."""
+        removed = []
+        for space in sorted(self.cluster_spaces):
+            try:
+                self.source.drop_vectors(space)
+                removed.append(self.source.shadow_index(space))
+            except Exception as exc:
+                log.warning("could not delete shadow index of %s: %s", space, type(exc).__name__)
+        self.cluster_spaces.clear()
+        for space in sorted(self.local_spaces):
+            self.store.drop(space)
+        self.local_spaces.clear()
+        pipelines = getattr(self.source, "_pipelines", set())
+        for name in sorted(pipelines):
+            try:
+                self.source.client.search_pipeline.delete(id=name)
+                removed.append(f"search pipeline {name}")
+            except Exception as exc:
+                log.warning("could not delete search pipeline %s: %s", name, type(exc).__name__)
+        pipelines.clear()
+        return removed
+
+    def close(self) -> None:
+        self.cleanup()
+        self.source.close()
+
+
+def _hybrid_pipeline_body(weight: float, model_id: str | None) -> dict[str, Any]:
+    body = m.normalization_pipeline(weight)
+    if model_id:
+        from rgpl_plugin.ml_commons import neural_query_enricher
+
+        body["request_processors"] = [neural_query_enricher(model_id)]
+    return body
+
+
+def default_version() -> str:
+    """A new version name: ``v`` + UTC time to the second (sorts by age, valid in index names)."""
+    return "v" + time.strftime("%Y%m%d%H%M%S", time.gmtime())
+
+
+@dataclass
+class ClusterPublisher:
+    """Publishes the serve stage's ``dense`` space as a new version behind the alias."""
+
+    backend: ClusterBackend
+    options: ClusterOptions
+    run_dir: Path
+    settings: ClusterSettings | None = None
+    progress: ProgressFactory = silent
+    published: dict[str, Any] = field(default_factory=dict)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return self.options.fingerprint()
+
+    def documents(self) -> Iterator[Document]:
+        """Every document of the index (no query, no sample): all of them get a served vector."""
+        if self.options.query is None:
+            yield from self.backend.source.iter_documents()
+            return
+        reader = open_backend(self.backend.source.client, self.options, query=False)
+        yield from reader.iter_documents()
+
+    def describe(self) -> dict[str, Any]:
+        """Cluster facts for report.json (never a credential: URLs are stored without user-info)."""
+        src = self.backend.source
+        title, texts = src.fields()
+        return {
+            "engine": self.options.engine,
+            "urls": list(self.settings.urls) if self.settings else [],
+            "index": self.options.index,
+            "miner": self.options.miner,
+            "sample": self.options.sample,
+            "title_field": title,
+            "text_fields": list(texts),
+            "vector_field": src.vector_field,
+            **self.published,
+        }
+
+    def publish(self, export_dir: Path, weights: dict[str, Any]) -> dict[str, Any]:
+        """Publish ``dense`` (already written by the serve stage); returns what was created."""
+        opts = self.options
+        src = self.backend.source
+        weight = float(weights.get("hybrid_weight", 0.5))
+        if not opts.publish:
+            self.published = {"published": False, "hybrid_weight": weight}
+            return self.published
+        from rgpl_plugin.opensearch_publish import publish_version
+
+        alias = opts.alias or opts.index
+        version = (opts.version or default_version()).lower()
+        target_name = m.version_index_name(alias, version)
+        info: dict[str, Any] = {"published": True, "alias": alias, "version": version, "hybrid_weight": weight}
+        model = self._register_model(export_dir, target_name) if opts.register_model else None
+        if model is not None:
+            info.update(model_id=model.model_id, model_group_id=model.model_group_id, model_sha256=model.sha256)
+        es = opts.engine == "elasticsearch"
+
+        def before_swap(target: str) -> None:
+            if es or not opts.search_pipeline:
+                return
+            from rgpl_plugin.opensearch import NEURAL_PLUGIN, set_default_pipeline
+
+            name = f"{target}-hybrid"
+            try:
+                src.client.search_pipeline.put(id=name, body=_hybrid_pipeline_body(weight, model and model.model_id))
+                set_default_pipeline(src.client, target, name)
+            except BackendError:
+                raise
+            except Exception as exc:
+                raise src._plugin_error(exc, "creating the hybrid search pipeline", target, NEURAL_PLUGIN) from None
+            info["search_pipeline"] = name
+            if model is not None:
+                from rgpl_plugin.ml_commons import put_ingest_pipeline, set_default_ingest_pipeline, text_embedding_pipeline
+
+                title, texts = src.fields()
+                ingest = f"{target}-embed"
+                try:
+                    put_ingest_pipeline(src.client, ingest, text_embedding_pipeline(model.model_id, title, texts, src.vector_field))
+                    set_default_ingest_pipeline(src.client, target, ingest)
+                except Exception as exc:
+                    raise src._error(exc, "creating the text_embedding ingest pipeline", target) from None
+                info["ingest_pipeline"] = ingest
+
+        result = publish_version(
+            src, DENSE_SPACE, version, alias=alias, allow_alias_takeover=opts.allow_alias_takeover,
+            before_swap=before_swap, progress=self.progress,
+        )
+        info.update(index=result.index, previous=result.previous, documents=result.documents, vectors=result.vectors)
+        if es:
+            title, texts = src.fields()
+            fields = [f for f in (title, *texts) if f]
+            info["retriever"] = es_retriever_template(fields, src.vector_field, weight)
+        # the served copy is in the version index now; the shadow index is not needed anymore
+        self.backend.drop_vectors(DENSE_SPACE)
+        self.published = info
+        return info
+
+    def _register_model(self, export_dir: Path, target: str) -> Any:
+        from rgpl_adapt.export import package_for_ml_commons
+        from rgpl_plugin.ml_commons import register_and_deploy
+
+        zip_path, sha, model_config = package_for_ml_commons(export_dir, self.run_dir / "serve" / "ml-commons.zip")
+        return register_and_deploy(self.backend.source.client, zip_path, sha, model_config, name=target, version="1")
+
+
+def es_retriever_template(fields: Sequence[str], vector_field: str, weight: float) -> dict[str, Any]:
+    """The Elasticsearch ``linear`` retriever to serve hybrid search with (the query vector comes
+    from the run's ONNX model; ``rgpl-adapt search`` fills both placeholders)."""
+    body = m.es_hybrid_retriever("QUERY_TEXT", fields, vector_field, np.zeros(1, np.float32), 10, weight=weight)
+    body["linear"]["retrievers"][1]["retriever"]["knn"]["query_vector"] = "QUERY_VECTOR"
+    return body
+
+
+def docs_fingerprint(docs: Sequence[Document]) -> str:
+    """A short hash of the documents' ids and texts (a changed index rebuilds every stage)."""
+    h = hashlib.sha256()
+    for d in docs:
+        h.update(json.dumps([d.id, d.title, d.text]).encode("utf-8"))
+    return h.hexdigest()[:16]
+
+
+def adapt_index(
+    cfg: Any,
+    run_dir: str | os.PathLike,
+    client_or_settings: Any,
+    options: ClusterOptions,
+    *,
+    progress: ProgressFactory = silent,
+    on_event: Any = None,
+    resume: bool = False,
+    restart: bool = False,
+) -> Any:
+    """Run the whole adaptation on a cluster index and publish it; returns the AdaptResult.
+
+    Shadow indices, local vector spaces and temporary pipelines are removed whatever happens.
+    """
+    from rgpl_adapt.pipeline import Pipeline
+
+    run_dir = Path(run_dir)
+    settings = client_or_settings if isinstance(client_or_settings, ClusterSettings) else None
+    source = open_backend(client_or_settings, options)
+    store = None
+    if options.miner == "local":
+        from rgpl_plugin.vectors import VectorStore
+
+        store = VectorStore(run_dir / "vectors")
+    backend = ClusterBackend(source, store=store, sample=options.sample, seed=options.seed)
+    publisher = ClusterPublisher(backend, options, run_dir, settings=settings, progress=progress)
+    kwargs = {"on_event": on_event} if on_event is not None else {}
+    try:
+        return Pipeline(cfg, run_dir, backend=backend, publisher=publisher, progress=progress, **kwargs).run(
+            resume=resume, restart=restart
+        )
+    finally:
+        backend.close()
+
+
+# -- after the run ----------------------------------------------------------------------------
+
+
+def read_cluster_report(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The ``cluster`` section of a run's report.json (what was published, which fields)."""
+    path = Path(run_dir) / "report.json"
+    if not path.exists():
+        raise BackendError(f"{run_dir} has no report.json; adapt the index first (rgpl-adapt --index NAME)")
+    report = json.loads(path.read_text())
+    if "cluster" not in report:
+        raise BackendError(f"{run_dir} is not a cluster run (its report has no 'cluster' section)")
+    return report["cluster"]
+
+
+def search_index(
+    client: Any, engine: Engine, index: str, text: str, vector: np.ndarray, info: dict[str, Any], *,
+    k: int = 10, mode: Literal["hybrid", "dense", "bm25"] = "hybrid",
+) -> list[dict[str, Any]]:
+    """Query the served index (or alias) with the run's fields; hits as ``{id, score, title, text}``."""
+    title = info.get("title_field")
+    texts = list(info.get("text_fields") or [])
+    fields = [f for f in (title, *texts) if f]
+    vf = info.get("vector_field", "rgpl_vector")
+    weight = float(info.get("hybrid_weight", 0.5))
+    body: dict[str, Any] = {"size": int(k), "_source": fields}
+    params: dict[str, Any] = {}
+    if engine == "elasticsearch":
+        if mode == "bm25":
+            body["query"] = m.multi_match(text, fields)
+        elif mode == "dense":
+            body["knn"] = m.es_knn_section(vf, vector, k)
+        else:
+            body["retriever"] = m.es_hybrid_retriever(text, fields, vf, vector, k, weight=weight)
+        resp = client.search(index=index, body=body)
+        resp = getattr(resp, "body", resp)
+    else:
+        if mode == "bm25":
+            body["query"] = m.multi_match(text, fields)
+        elif mode == "dense":
+            body["query"] = m.knn_query(vf, vector, k)
+        else:
+            body["query"] = m.hybrid_query(text, fields, vf, vector, k)
+            if info.get("search_pipeline"):
+                params["search_pipeline"] = info["search_pipeline"]
+        resp = client.search(index=index, body=body, params=params or None)
+    out = []
+    for hit in resp["hits"]["hits"]:
+        source = hit.get("_source") or {}
+        text_value = "\n\n".join(str(m.get_path(source, f)) for f in texts if m.get_path(source, f) is not None)
+        out.append({"id": hit["_id"], "score": float(hit.get("_score") or 0.0),
+                    "title": str(m.get_path(source, title) or "") if title else "", "text": text_value})
+    return out
