@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rgpl_adapt.config import AdaptConfig, config_hash
+from rgpl_adapt.distributed import barrier, dist_info, shard
 from rgpl_adapt.encoding import features
 from rgpl_adapt.labeling import ScoreCache, Teacher, label_triples, margin_stats, sample_triples
 from rgpl_adapt.losses import margin_mse
@@ -129,6 +130,9 @@ class Trainer:
         self.rounds = round_bounds(self.tc.steps, cfg.remine.every)
         # What must be equal for a checkpoint to be resumable.
         self.fingerprint = config_hash(cfg.training, cfg.remine, cfg.labels, student_path)
+        self.dist = dist_info()
+        if not self.dist.is_main:
+            self.progress = silent
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -138,6 +142,8 @@ class Trainer:
         return self._teacher  # type: ignore[return-value]
 
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.dir / "log.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
@@ -160,6 +166,18 @@ class Trainer:
         """Pools and labelled triples of round ``r`` (re-mined for r > 0), persisted; loaded if done."""
         rdir = self._round_dir(r)
         expected = self._round_manifest(r)
+        if self.dist.is_main:
+            labeled = self._build_round(r, model, previous, rdir, expected)
+        barrier(self.dist)  # under torchrun, rank 0 re-mines and labels while the others wait here
+        if not self.dist.is_main:
+            if not is_complete(rdir, expected):
+                raise TrainingError(f"rank {self.dist.rank}: round {r} was not prepared by rank 0 in {rdir}")
+            labeled = list(read_jsonl(rdir / "triples.jsonl", LabeledTriple))
+        return labeled
+
+    def _build_round(
+        self, r: int, model: SentenceTransformer, previous: list[NegativePool] | None, rdir: Path, expected: Manifest
+    ) -> list[LabeledTriple]:
         if is_complete(rdir, expected):
             return list(read_jsonl(rdir / "triples.jsonl", LabeledTriple))
         start, end = self.rounds[r]
@@ -212,6 +230,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, model, optimizer, scheduler, scaler, step: int) -> None:
+        if self.dist.is_main:
+            self._write_checkpoint(model, optimizer, scheduler, scaler, step)
+        barrier(self.dist)
+
+    def _write_checkpoint(self, model, optimizer, scheduler, scaler, step: int) -> None:
         import torch
 
         ckdir = self.dir / "checkpoints"
@@ -279,6 +302,13 @@ class Trainer:
             torch.manual_seed(self.tc.seed)
             model = load_sentence_transformer(self.student_path, self.device, self.tc.max_seq_len)
         model.train()
+        train_model = _triplet_encoder(model)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [torch.device(self.device).index] if self.device.startswith("cuda") else None
+            # find_unused_parameters: e.g. BERT's pooler is not used by sentence-transformers pooling.
+            train_model = DistributedDataParallel(train_model, device_ids=ids, find_unused_parameters=True)
 
         no_decay = ("bias", "LayerNorm.weight", "LayerNorm.bias", "layer_norm", "norm.weight")
         params = list(model.named_parameters())
@@ -322,13 +352,13 @@ class Trainer:
                     if len(batch) < bs:  # the round has fewer triples than steps*bs: wrap around
                         batch = batch + triples[: bs - len(batch)]
                     offset += bs
-                    loss_value = self._step(model, optimizer, scheduler, scaler, amp_dtype, device_type, batch)
+                    loss_value = self._step(model, train_model, optimizer, scheduler, scaler, amp_dtype, device_type, batch)
                     step += 1
                     bar.update(1)
                     if step % 10 == 0 or step == end:
                         bar.set_postfix(loss=f"{loss_value:.4f}", round=r)
                         self._log({"event": "step", "step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0], "round": r})
-                    if self.evaluator is not None and self.tc.eval_every and step % self.tc.eval_every == 0:
+                    if self.evaluator is not None and self.dist.is_main and self.tc.eval_every and step % self.tc.eval_every == 0:
                         metrics = self.evaluator(model)
                         model.train()
                         self._log({"event": "eval", "step": step, **metrics})
@@ -341,13 +371,15 @@ class Trainer:
                 rounds_info.append(json.loads(info_path.read_text())["outputs"] if info_path.exists() else {"round": r})
 
         final = self.dir / "final"
-        tmp = self.dir / "final.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        model.save(str(tmp))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        if self.dist.is_main:
+            tmp = self.dir / "final.tmp"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            model.save(str(tmp))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        barrier(self.dist)
         return TrainResult(
             model_dir=final,
             steps=step,
@@ -356,19 +388,21 @@ class Trainer:
             seconds=time.perf_counter() - t_start,
         )
 
-    def _step(self, model, optimizer, scheduler, scaler, amp_dtype, device_type: str, batch: Sequence[LabeledTriple]) -> float:
+    def _step(
+        self, model, train_model, optimizer, scheduler, scaler, amp_dtype, device_type: str, batch: Sequence[LabeledTriple]
+    ) -> float:
+        """One optimizer step on a global batch; under DDP this rank takes its shard of it."""
         import torch
 
+        batch = shard(list(batch), self.dist)
         qs = [self.data.query_text[t.qid] for t in batch]
         ps = [self.data.text_of[t.pos_id] for t in batch]
         ns = [self.data.text_of[t.neg_id] for t in batch]
         margins = torch.tensor([t.margin for t in batch], dtype=torch.float32, device=model.device)
 
-        def embed(texts: list[str]) -> torch.Tensor:
-            return model(features(model, texts))["sentence_embedding"]
-
         with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = margin_mse(embed(qs), embed(ps), embed(ns), margins, self.tc.similarity)
+            q, p, n = train_model(features(model, qs), features(model, ps), features(model, ns))
+            loss = margin_mse(q, p, n, margins, self.tc.similarity)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -382,6 +416,30 @@ class Trainer:
             optimizer.step()
         scheduler.step()
         return float(loss.detach())
+
+
+def _triplet_encoder_class():
+    import torch
+
+    class TripletEncoder(torch.nn.Module):
+        """Query, positive and negative embeddings in ONE forward call (what DDP synchronises on).
+
+        Each part is padded on its own, so short queries are not padded to passage length.
+        """
+
+        def __init__(self, model: torch.nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, fq: dict, fp: dict, fn: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            return tuple(self.model(f)["sentence_embedding"] for f in (fq, fp, fn))  # type: ignore[return-value]
+
+    return TripletEncoder
+
+
+def _triplet_encoder(model):
+    """Wrap ``model`` in a TripletEncoder (the class is defined on first use: torch loads lazily)."""
+    return _triplet_encoder_class()(model)
 
 
 class TrainingInterrupted(RuntimeError):

@@ -1,0 +1,75 @@
+"""Data-parallel training under ``torchrun`` (one process per GPU, or several CPU processes).
+
+``torchrun --nproc_per_node 4 -m rgpl_adapt.cli adapt ...`` sets RANK / WORLD_SIZE / LOCAL_RANK.
+Rank 0 does everything that writes (stages before training, remining and labelling,
+checkpoints, export); the other ranks wait at barriers and read what rank 0 wrote, so the run
+folder must be visible to all ranks (one machine, or shared storage). Each rank takes its
+share of every global batch and DDP averages the gradients, which equals the single-process
+gradient of the same global batch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def dist_info() -> DistInfo:
+    """The process's place in a torchrun job (rank 0 of 1 when not distributed)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    return DistInfo(
+        rank=int(os.environ.get("RANK", "0")),
+        world=world,
+        local_rank=int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))),
+    )
+
+
+def init_distributed(device: str, *, timeout_hours: float = 12.0) -> tuple[DistInfo, str]:
+    """Join the process group when launched by torchrun; returns the info and this rank's device.
+
+    The timeout is long because non-main ranks wait at a barrier while rank 0 generates
+    queries or re-mines, which can take hours at paper scale.
+    """
+    info = dist_info()
+    if not info.enabled:
+        return info, device
+    import torch
+    import torch.distributed as dist
+
+    if device.startswith("cuda"):
+        torch.cuda.set_device(info.local_rank)
+        device = f"cuda:{info.local_rank}"
+    if not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend=backend, timeout=timedelta(hours=timeout_hours))
+    return info, device
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def shard(items: list, info: DistInfo) -> list:
+    """This rank's share of a global batch (round-robin, so shares differ by at most one)."""
+    return items[info.rank :: info.world] if info.enabled else items
