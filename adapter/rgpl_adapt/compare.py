@@ -81,3 +81,43 @@ def evaluate_run(
 
 def describe(table: dict[str, dict[str, float]]) -> dict[str, Any]:
     return {"systems": list(table), "metrics": table}
+
+
+def make_training_evaluator(
+    backend: Backend,
+    qrels: dict[str, dict[str, int]],
+    queries: dict[str, str],
+    *,
+    normalize: bool = False,
+    batch_size: int = 128,
+    k: int = 100,
+    space: str = "eval-student",
+):
+    """A callable for periodic evaluation during training: metrics of the current student.
+
+    It encodes the corpus with the student (torch; its train mode is restored), searches a
+    scratch vector space that it drops afterwards, and returns ``evaluate``'s metrics.
+    """
+    from rgpl_adapt.encoding import encode_texts
+    from rgpl_adapt.evaluation import evaluate
+
+    qids = [q for q in queries if q in qrels]
+    if not qids:
+        raise ValueError("none of the evaluation queries has judgements in the qrels file")
+    texts = [queries[q] for q in qids]
+    docs = list(backend.iter_documents())
+    doc_ids = [d.id for d in docs]
+    doc_texts = [d.full_text() for d in docs]
+
+    def evaluator(model) -> dict[str, float]:
+        vecs = encode_texts(model, doc_texts, batch_size, normalize=normalize)
+        backend.drop_vectors(space)
+        try:
+            for start in range(0, len(doc_ids), 10_000):
+                backend.put_vectors(space, doc_ids[start : start + 10_000], vecs[start : start + 10_000])
+            hits = backend.knn_search(space, encode_texts(model, texts, batch_size, normalize=normalize), k)
+        finally:
+            backend.drop_vectors(space)
+        return evaluate(_as_results(qids, hits), qrels)
+
+    return evaluator
