@@ -1,0 +1,33 @@
+import numpy as np
+import pytest
+
+from rgpl_adapt.encoding import SentenceTransformerEncoder, encode_texts
+
+
+@pytest.fixture(scope="module")
+def model(tiny_student):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(tiny_student), device="cpu")
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_mode_is_restored(model, training):
+    """The reference GPL code left the student in eval mode after encoding; we must not."""
+    model.train(training)
+    encode_texts(model, ["a b c", "vitamin d"], batch_size=1)
+    assert model.training is training
+
+
+def test_length_sorted_batches_keep_input_order(model):
+    texts = ["short", "a much longer text about vitamin d and bone fractures in the elderly", "mid length text"]
+    model.eval()
+    expected = model.encode(texts, convert_to_numpy=True)
+    got = encode_texts(model, texts, batch_size=2)
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_normalize_gives_unit_vectors(model):
+    vecs = SentenceTransformerEncoder(model, normalize=True).encode(["one text", "another one"])
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
