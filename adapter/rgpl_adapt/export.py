@@ -338,6 +338,7 @@ def export_model(
 
         # 2. tokenizer files + metadata
         onnx_dir.mkdir(parents=True, exist_ok=True)
+        (onnx_dir / "model_int8.onnx").unlink(missing_ok=True)  # never leave a stale int8 graph behind
         info["tokenizer"].save_pretrained(str(onnx_dir))
         backend = _configured_tokenizer(info["tokenizer"], max_seq_len)
         backend.save(str(onnx_dir / "tokenizer.json"))

@@ -203,3 +203,18 @@ def test_ml_commons_rejects_models_it_cannot_pool(mean_export, tmp_path):
         package_for_ml_commons(copy, tmp_path / "x.zip")
     with pytest.raises(ExportError, match="not an export folder"):
         package_for_ml_commons(tmp_path / "nowhere", tmp_path / "y.zip")
+
+
+def test_export_of_an_in_memory_model_leaves_it_alone_and_drops_stale_int8(mean_export, tmp_path, tiny_student, documents):
+    import shutil
+
+    model = load_st(tiny_student)
+    model.train()
+    out = tmp_path / "out"
+    (out / "onnx").mkdir(parents=True)
+    shutil.copy(mean_export.int8_path, out / "onnx" / "model_int8.onnx")  # left over from an earlier run
+    r = export_model(model, out, ExportConfig(int8=False), sample_texts=sample_texts(documents)[:4])
+    assert model.training, "the caller's model must keep its mode"
+    assert r.int8_path is None and r.int8_cosine is None
+    assert not (out / "onnx" / "model_int8.onnx").exists()
+    assert r.max_abs_diff <= r.tolerance
