@@ -158,6 +158,9 @@ def serving_client(cluster: FakeCluster, **kwargs: Any) -> Any:
                 self._raise_error(status, raw)
             return status, {"content-type": "application/json"}, raw
 
+        def close(self) -> None:
+            pass
+
     return OpenSearch(hosts=[{"host": "fake", "port": 9200}], connection_class=RecordingConnection,
                       max_retries=0, **kwargs)
 
@@ -170,7 +173,13 @@ def validate_exchanges(spec, exchanges: list[Exchange]) -> set[str]:
     for ex in exchanges:
         if not isinstance(ex.body, bytes):
             spec.validate_request(ex.method, ex.path, ex.body)
-        spec.validate_response(ex.method, ex.path, ex.status, ex.response)
+        if ex.path == "/_reindex" and ex.status == 200:
+            # the spec's oneOf (a task object with only optional keys | BulkByScrollResponseBase)
+            # matches every finished reindex twice; validate against the finished-reindex branch
+            spec._validate(ex.response, (spec.root / "schemas/_common.yaml").resolve().as_uri(),
+                           "/components/schemas/BulkByScrollResponseBase", "response of POST /_reindex")
+        else:
+            spec.validate_response(ex.method, ex.path, ex.status, ex.response)
         seen.add(spec.operation_id(ex.method, ex.path).rsplit(".", 1)[0])
     return seen
 
