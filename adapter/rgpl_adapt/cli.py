@@ -237,10 +237,11 @@ def options_from(opts: dict[str, Any]) -> Any:
 
 def _preflight_alias(settings: Any, options: Any, secrets: tuple[str, ...]) -> None:
     """Refuse, before hours of training, to publish over a concrete index without the explicit flag."""
-    from rgpl_adapt.cluster import open_backend
     from rgpl_plugin.base import BackendError
     from rgpl_plugin.connection import redact
     from rgpl_plugin.opensearch_publish import alias_state
+
+    from rgpl_adapt.cluster import open_backend
 
     if not options.publish or options.allow_alias_takeover:
         return
@@ -498,10 +499,11 @@ def _print_hits(rows: list[dict[str, Any]], as_json: bool) -> None:
 
 def _search_index(run_dir: str | None, index: str, k: int, mode: str, weight: float | None, as_json: bool,
                   query: str, conn: dict[str, Any]) -> None:
-    from rgpl_adapt.cluster import read_cluster_report, search_index
-    from rgpl_adapt.pipeline import load_encoder
     from rgpl_plugin.connection import redact
     from rgpl_plugin.errors import translate
+
+    from rgpl_adapt.cluster import read_cluster_report, search_index
+    from rgpl_adapt.pipeline import load_encoder
 
     run = Path(run_dir or Path("runs") / index)
     settings, secrets = cluster_settings(conn)
@@ -515,7 +517,7 @@ def _search_index(run_dir: str | None, index: str, k: int, mode: str, weight: fl
         client = settings.elasticsearch_client() if conn.get("engine") == "elasticsearch" else settings.opensearch_client()
         try:
             rows = search_index(client, conn.get("engine") or "opensearch", index, query, vec, info, k=k, mode=mode)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - client errors of every kind are translated/logged
             raise translate(exc, action="searching", index=index, urls=settings.urls, secrets=secrets) from None
     except (RuntimeError, ValueError, OSError, KeyError) as exc:
         raise click.ClickException(redact(str(exc), secrets)) from None
@@ -537,7 +539,8 @@ def rollback(index_name: str, **conn: Any) -> None:
     """
     from rgpl_plugin.connection import redact
     from rgpl_plugin.errors import translate
-    from rgpl_plugin.opensearch_publish import alias_state, rollback as rollback_alias
+    from rgpl_plugin.opensearch_publish import alias_state
+    from rgpl_plugin.opensearch_publish import rollback as rollback_alias
 
     settings, secrets = cluster_settings(conn)
     client = None
@@ -546,7 +549,7 @@ def rollback(index_name: str, **conn: Any) -> None:
         try:
             _, before = alias_state(client, index_name)
             previous = rollback_alias(client, index_name)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - client errors of every kind are translated/logged
             raise translate(exc, action=f"rolling back {index_name!r}", index=index_name, urls=settings.urls,
                             secrets=secrets) from None
     except (RuntimeError, ValueError, OSError, KeyError) as exc:

@@ -39,11 +39,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-
-from rgpl_adapt.progress import ProgressFactory, silent
 from rgpl_plugin import mappings as m
 from rgpl_plugin.base import BackendError, Document, FusionMethod, Hit
 from rgpl_plugin.connection import ClusterSettings, Engine
+
+from rgpl_adapt.progress import ProgressFactory, silent
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,9 @@ class ClusterOptions:
         if self.sample is not None and self.sample < 2:
             raise ValueError("sample must be at least 2 documents")
         if self.register_model and self.engine != "opensearch":
-            raise ValueError("register_model uploads to OpenSearch ML Commons; Elasticsearch is not supported")
+            raise ValueError(
+                "register_model uploads to OpenSearch ML Commons; Elasticsearch is not supported"
+            )
         if self.title_field and not self.text_fields:
             raise ValueError("a title field needs the text field(s) too (--text-field)")
 
@@ -134,7 +136,12 @@ class ClusterBackend:
     """
 
     def __init__(
-        self, source: Any, *, store: Any = None, sample: int | None = None, seed: int = 42,
+        self,
+        source: Any,
+        *,
+        store: Any = None,
+        sample: int | None = None,
+        seed: int = 42,
         mirror: Sequence[str] = (DENSE_SPACE,),
     ) -> None:
         self.source = source
@@ -207,8 +214,14 @@ class ClusterBackend:
             self.local_spaces.discard(space)
 
     def hybrid_search(
-        self, space: str, texts: Sequence[str], vectors: np.ndarray, k: int, *,
-        weight: float = 0.5, method: FusionMethod = "min_max",
+        self,
+        space: str,
+        texts: Sequence[str],
+        vectors: np.ndarray,
+        k: int,
+        *,
+        weight: float = 0.5,
+        method: FusionMethod = "min_max",
     ) -> list[list[Hit]]:
         """In the cluster (shadow index + search pipeline), or, in local mode, the cluster's BM25
         fused with local k-NN exactly as OpenSearch's processors fuse (:func:`rgpl_plugin.fusion.fuse`)."""
@@ -229,7 +242,7 @@ class ClusterBackend:
             try:
                 self.source.drop_vectors(space)
                 removed.append(self.source.shadow_index(space))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - client errors of every kind are translated/logged
                 log.warning("could not delete shadow index of %s: %s", space, type(exc).__name__)
         self.cluster_spaces.clear()
         for space in sorted(self.local_spaces):
@@ -240,7 +253,7 @@ class ClusterBackend:
             try:
                 self.source.client.search_pipeline.delete(id=name)
                 removed.append(f"search pipeline {name}")
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - client errors of every kind are translated/logged
                 log.warning("could not delete search pipeline %s: %s", name, type(exc).__name__)
         pipelines.clear()
         return removed
@@ -315,10 +328,17 @@ class ClusterPublisher:
         alias = opts.alias or opts.index
         version = (opts.version or default_version()).lower()
         target_name = m.version_index_name(alias, version)
-        info: dict[str, Any] = {"published": True, "alias": alias, "version": version, "hybrid_weight": weight}
+        info: dict[str, Any] = {
+            "published": True,
+            "alias": alias,
+            "version": version,
+            "hybrid_weight": weight,
+        }
         model = self._register_model(export_dir, target_name) if opts.register_model else None
         if model is not None:
-            info.update(model_id=model.model_id, model_group_id=model.model_group_id, model_sha256=model.sha256)
+            info.update(
+                model_id=model.model_id, model_group_id=model.model_group_id, model_sha256=model.sha256
+            )
         es = opts.engine == "elasticsearch"
 
         def before_swap(target: str) -> None:
@@ -328,30 +348,49 @@ class ClusterPublisher:
 
             name = f"{target}-hybrid"
             try:
-                src.client.search_pipeline.put(id=name, body=_hybrid_pipeline_body(weight, model and model.model_id))
+                src.client.search_pipeline.put(
+                    id=name, body=_hybrid_pipeline_body(weight, model and model.model_id)
+                )
                 set_default_pipeline(src.client, target, name)
             except BackendError:
                 raise
-            except Exception as exc:
-                raise src._plugin_error(exc, "creating the hybrid search pipeline", target, NEURAL_PLUGIN) from None
+            except Exception as exc:  # noqa: BLE001 - client errors of every kind are translated/logged
+                raise src._plugin_error(
+                    exc, "creating the hybrid search pipeline", target, NEURAL_PLUGIN
+                ) from None
             info["search_pipeline"] = name
             if model is not None:
-                from rgpl_plugin.ml_commons import put_ingest_pipeline, set_default_ingest_pipeline, text_embedding_pipeline
+                from rgpl_plugin.ml_commons import (
+                    put_ingest_pipeline,
+                    set_default_ingest_pipeline,
+                    text_embedding_pipeline,
+                )
 
                 title, texts = src.fields()
                 ingest = f"{target}-embed"
                 try:
-                    put_ingest_pipeline(src.client, ingest, text_embedding_pipeline(model.model_id, title, texts, src.vector_field))
+                    put_ingest_pipeline(
+                        src.client,
+                        ingest,
+                        text_embedding_pipeline(model.model_id, title, texts, src.vector_field),
+                    )
                     set_default_ingest_pipeline(src.client, target, ingest)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - client errors of every kind are translated/logged
                     raise src._error(exc, "creating the text_embedding ingest pipeline", target) from None
                 info["ingest_pipeline"] = ingest
 
         result = publish_version(
-            src, DENSE_SPACE, version, alias=alias, allow_alias_takeover=opts.allow_alias_takeover,
-            before_swap=before_swap, progress=self.progress,
+            src,
+            DENSE_SPACE,
+            version,
+            alias=alias,
+            allow_alias_takeover=opts.allow_alias_takeover,
+            before_swap=before_swap,
+            progress=self.progress,
         )
-        info.update(index=result.index, previous=result.previous, documents=result.documents, vectors=result.vectors)
+        info.update(
+            index=result.index, previous=result.previous, documents=result.documents, vectors=result.vectors
+        )
         if es:
             title, texts = src.fields()
             fields = [f for f in (title, *texts) if f]
@@ -362,17 +401,24 @@ class ClusterPublisher:
         return info
 
     def _register_model(self, export_dir: Path, target: str) -> Any:
-        from rgpl_adapt.export import package_for_ml_commons
         from rgpl_plugin.ml_commons import register_and_deploy
 
-        zip_path, sha, model_config = package_for_ml_commons(export_dir, self.run_dir / "serve" / "ml-commons.zip")
-        return register_and_deploy(self.backend.source.client, zip_path, sha, model_config, name=target, version="1")
+        from rgpl_adapt.export import package_for_ml_commons
+
+        zip_path, sha, model_config = package_for_ml_commons(
+            export_dir, self.run_dir / "serve" / "ml-commons.zip"
+        )
+        return register_and_deploy(
+            self.backend.source.client, zip_path, sha, model_config, name=target, version="1"
+        )
 
 
 def es_retriever_template(fields: Sequence[str], vector_field: str, weight: float) -> dict[str, Any]:
     """The Elasticsearch ``linear`` retriever to serve hybrid search with (the query vector comes
     from the run's ONNX model; ``rgpl-adapt search`` fills both placeholders)."""
-    body = m.es_hybrid_retriever("QUERY_TEXT", fields, vector_field, np.zeros(1, np.float32), 10, weight=weight)
+    body = m.es_hybrid_retriever(
+        "QUERY_TEXT", fields, vector_field, np.zeros(1, np.float32), 10, weight=weight
+    )
     body["linear"]["retrievers"][1]["retriever"]["knn"]["query_vector"] = "QUERY_VECTOR"
     return body
 
@@ -436,8 +482,15 @@ def read_cluster_report(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def search_index(
-    client: Any, engine: Engine, index: str, text: str, vector: np.ndarray, info: dict[str, Any], *,
-    k: int = 10, mode: Literal["hybrid", "dense", "bm25"] = "hybrid",
+    client: Any,
+    engine: Engine,
+    index: str,
+    text: str,
+    vector: np.ndarray,
+    info: dict[str, Any],
+    *,
+    k: int = 10,
+    mode: Literal["hybrid", "dense", "bm25"] = "hybrid",
 ) -> list[dict[str, Any]]:
     """Query the served index (or alias) with the run's fields; hits as ``{id, score, title, text}``."""
     title = info.get("title_field")
@@ -469,7 +522,15 @@ def search_index(
     out = []
     for hit in resp["hits"]["hits"]:
         source = hit.get("_source") or {}
-        text_value = "\n\n".join(str(m.get_path(source, f)) for f in texts if m.get_path(source, f) is not None)
-        out.append({"id": hit["_id"], "score": float(hit.get("_score") or 0.0),
-                    "title": str(m.get_path(source, title) or "") if title else "", "text": text_value})
+        text_value = "\n\n".join(
+            str(m.get_path(source, f)) for f in texts if m.get_path(source, f) is not None
+        )
+        out.append(
+            {
+                "id": hit["_id"],
+                "score": float(hit.get("_score") or 0.0),
+                "title": str(m.get_path(source, title) or "") if title else "",
+                "text": text_value,
+            }
+        )
     return out

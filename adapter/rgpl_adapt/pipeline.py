@@ -25,16 +25,17 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from rgpl_plugin.base import Backend, Document
 
 from rgpl_adapt.config import AdaptConfig
 from rgpl_adapt.devices import resolve_device
 from rgpl_adapt.manifest import Manifest, invalidate, is_complete, read_manifest, write_manifest
 from rgpl_adapt.progress import ProgressFactory, silent
 from rgpl_adapt.records import GeneratedQuery, NegativePool, read_jsonl, write_jsonl
-from rgpl_plugin.base import Backend, Document
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,13 @@ class Pipeline:
         gc = self.cfg.generation
 
         def build(stage_dir: Path) -> dict[str, Any]:
-            from rgpl_adapt.generation import GenerationStats, generate_queries, load_generator, plan_generation, query_key
+            from rgpl_adapt.generation import (
+                GenerationStats,
+                generate_queries,
+                load_generator,
+                plan_generation,
+                query_key,
+            )
 
             selected, qpp = plan_generation(docs, gc, random.Random(gc.seed))
             parts = stage_dir / "parts"
@@ -320,8 +327,9 @@ class Pipeline:
 
     def _stage_serve(self, export_dir: Path, docs: list[Document], queries: list[GeneratedQuery]) -> dict[str, Any]:
         def build(stage_dir: Path) -> dict[str, Any]:
-            from rgpl_adapt.onnx_encoder import OnnxEncoder
             from rgpl_plugin.base import batched
+
+            from rgpl_adapt.onnx_encoder import OnnxEncoder
 
             encoder = load_encoder(export_dir, self.cfg.export.onnx)
             self.backend.drop_vectors(DENSE_SPACE)

@@ -75,7 +75,7 @@ def _request(client: Any, method: str, path: str, body: Any = None, action: str 
     """One ML Commons call through the client's transport; errors become :class:`MLCommonsError`."""
     try:
         resp = client.transport.perform_request(method, path, body=body)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - client errors of every kind are translated/logged
         status = getattr(exc, "status_code", None)
         info = getattr(exc, "info", None)
         reason = info.get("error", info) if isinstance(info, dict) else str(exc)
@@ -83,8 +83,10 @@ def _request(client: Any, method: str, path: str, body: Any = None, action: str 
         if status in (400, 404) and "no handler" in str(reason).lower():
             hint = " The ml-commons plugin is missing: install opensearch-ml (bundled with the full distribution)."
         elif "only_run_on_ml_node" in str(reason) or "No eligible node" in str(reason):
-            hint = (" No ML node can run the model: add an ML node, or set the cluster setting "
-                    "plugins.ml_commons.only_run_on_ml_node to false.")
+            hint = (
+                " No ML node can run the model: add an ML node, or set the cluster setting "
+                "plugins.ml_commons.only_run_on_ml_node to false."
+            )
         elif "allow_registering_model_via" in str(reason):
             hint = " Allow it with the cluster setting named in the message."
         raise MLCommonsError(
@@ -109,8 +111,15 @@ def model_group_body(name: str, description: str) -> dict[str, Any]:
 
 
 def register_meta_body(
-    name: str, version: str, group_id: str, sha256: str, model_config: dict[str, Any], total_chunks: int,
-    *, size_bytes: int | None = None, description: str = "",
+    name: str,
+    version: str,
+    group_id: str,
+    sha256: str,
+    model_config: dict[str, Any],
+    total_chunks: int,
+    *,
+    size_bytes: int | None = None,
+    description: str = "",
 ) -> dict[str, Any]:
     """``POST _plugins/_ml/models/_register_meta`` body for an ONNX text-embedding model."""
     body: dict[str, Any] = {
@@ -129,12 +138,16 @@ def register_meta_body(
     return body
 
 
-def embedding_script(title_field: str | None, text_fields: Sequence[str], target: str = TEXT_TMP_FIELD) -> str:
+def embedding_script(
+    title_field: str | None, text_fields: Sequence[str], target: str = TEXT_TMP_FIELD
+) -> str:
     """Painless source that writes the passage text the way :meth:`Document.full_text` builds it:
     the text fields joined by a blank line, the title in front separated by one space."""
     lines = ["def parts = [];"]
     for f in text_fields:
-        lines.append(f"if (ctx['{f}'] instanceof String && ctx['{f}'].trim() != '') {{ parts.add(ctx['{f}'].trim()); }}")
+        lines.append(
+            f"if (ctx['{f}'] instanceof String && ctx['{f}'].trim() != '') {{ parts.add(ctx['{f}'].trim()); }}"
+        )
     lines.append("String text = String.join('\\n\\n', parts);")
     if title_field:
         lines.append(
@@ -164,12 +177,19 @@ def text_embedding_pipeline(
 
 def neural_query_enricher(model_id: str) -> dict[str, Any]:
     """A search pipeline request processor that makes ``model_id`` the default for neural queries."""
-    return {"neural_query_enricher": {"description": "rgpl-adapt default model", "default_model_id": model_id}}
+    return {
+        "neural_query_enricher": {"description": "rgpl-adapt default model", "default_model_id": model_id}
+    }
 
 
 def wait_for_task(
-    client: Any, task_id: str, *, timeout_s: float = 600.0, poll_s: float = 2.0,
-    sleep: Callable[[float], None] = time.sleep, action: str = "task",
+    client: Any,
+    task_id: str,
+    *,
+    timeout_s: float = 600.0,
+    poll_s: float = 2.0,
+    sleep: Callable[[float], None] = time.sleep,
+    action: str = "task",
 ) -> dict[str, Any]:
     """Poll ``GET _plugins/_ml/tasks/<task_id>`` until it completes; the final task record."""
     deadline = time.monotonic() + timeout_s
@@ -179,7 +199,9 @@ def wait_for_task(
         if state in DONE_STATES:
             return task
         if state in FAILED_STATES:
-            raise MLCommonsError(f"ML Commons {action} task {task_id} ended {state}: {str(task.get('error', ''))[:400]}")
+            raise MLCommonsError(
+                f"ML Commons {action} task {task_id} ended {state}: {str(task.get('error', ''))[:400]}"
+            )
         if time.monotonic() > deadline:
             raise MLCommonsError(
                 f"ML Commons {action} task {task_id} still {state or 'unknown'} after {timeout_s:.0f}s; "
@@ -206,14 +228,19 @@ def register_and_deploy(
     size = Path(zip_path).stat().st_size
     total = max(1, math.ceil(size / chunk_bytes))
     group = _request(
-        client, "POST", f"{ML}/model_groups/_register",
-        model_group_body(f"{name}-{version}", f"rgpl-adapt models of {name}"), "registering a model group",
+        client,
+        "POST",
+        f"{ML}/model_groups/_register",
+        model_group_body(f"{name}-{version}", f"rgpl-adapt models of {name}"),
+        "registering a model group",
     )
     group_id = str(group.get("model_group_id") or "")
     if not group_id:
         raise MLCommonsError(f"ML Commons returned no model_group_id: {group}")
     meta = _request(
-        client, "POST", f"{ML}/models/_register_meta",
+        client,
+        "POST",
+        f"{ML}/models/_register_meta",
         register_meta_body(name, version, group_id, sha256, model_config, total, size_bytes=size),
         "registering the model metadata",
     )
@@ -221,11 +248,19 @@ def register_and_deploy(
     if not model_id:
         raise MLCommonsError(f"ML Commons returned no model_id for the model metadata: {meta}")
     for n, piece in enumerate(iter_chunks(zip_path, chunk_bytes)):
-        _request(client, "POST", f"{ML}/models/{model_id}/upload_chunk/{n}", piece, f"uploading chunk {n + 1}/{total}")
+        _request(
+            client,
+            "POST",
+            f"{ML}/models/{model_id}/upload_chunk/{n}",
+            piece,
+            f"uploading chunk {n + 1}/{total}",
+        )
     log.info("uploaded model %s in %d chunk(s) (%d bytes)", model_id, total, size)
     deploy = _request(client, "POST", f"{ML}/models/{model_id}/_deploy", action="deploying the model")
     if deploy.get("task_id"):
-        wait_for_task(client, str(deploy["task_id"]), timeout_s=timeout_s, poll_s=poll_s, sleep=sleep, action="deploy")
+        wait_for_task(
+            client, str(deploy["task_id"]), timeout_s=timeout_s, poll_s=poll_s, sleep=sleep, action="deploy"
+        )
     return RegisteredModel(model_id, group_id, name, str(version), sha256, total)
 
 

@@ -40,17 +40,44 @@ def spec():
 
 def train_args(tiny_t5, tiny_cross_encoder, tiny_student, *extra) -> list[str]:
     return [
-        "--generator", str(tiny_t5), "--teacher", str(tiny_cross_encoder),
-        "--student", str(tiny_student), "--retriever", str(tiny_student),
-        "--queries-per-passage", "2", "--steps", "4", "--batch-size", "4", "--remine-every", "2",
-        "--max-seq-len", "32", "--checkpoint-every", "4", "--warmup-steps", "1", "--device", "cpu", "--scale", "cpu",
+        "--generator",
+        str(tiny_t5),
+        "--teacher",
+        str(tiny_cross_encoder),
+        "--student",
+        str(tiny_student),
+        "--retriever",
+        str(tiny_student),
+        "--queries-per-passage",
+        "2",
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--remine-every",
+        "2",
+        "--max-seq-len",
+        "32",
+        "--checkpoint-every",
+        "4",
+        "--warmup-steps",
+        "1",
+        "--device",
+        "cpu",
+        "--scale",
+        "cpu",
         *extra,
     ]
 
 
 def env(url: str) -> dict[str, str]:
-    return {"OPENSEARCH_URL": url, "OPENSEARCH_USER": "adapter", "OPENSEARCH_PASSWORD": PASSWORD,
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return {
+        "OPENSEARCH_URL": url,
+        "OPENSEARCH_USER": "adapter",
+        "OPENSEARCH_PASSWORD": PASSWORD,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
 
 
 def assert_no_secret(run: Path, *outputs: str) -> None:
@@ -77,8 +104,16 @@ def fake_run(tmp_path_factory, documents, tiny_t5, tiny_cross_encoder, tiny_stud
 
     mp.setattr(ClusterSettings, "opensearch_client", client)
     mp.setattr("rgpl_plugin.ml_commons.time.sleep", lambda s: None)
-    args = ["--index", "corpus", "--out", str(run), "--register-model", "--publish-version", "v1",
-            *train_args(tiny_t5, tiny_cross_encoder, tiny_student)]
+    args = [
+        "--index",
+        "corpus",
+        "--out",
+        str(run),
+        "--register-model",
+        "--publish-version",
+        "v1",
+        *train_args(tiny_t5, tiny_cross_encoder, tiny_student),
+    ]
     result = CliRunner().invoke(cli, args, env=env("https://search.example:9200"))
     mp.undo()
     assert result.exit_code == 0, result.output + repr(result.exception)
@@ -105,7 +140,9 @@ def test_fake_run_publishes_behind_the_alias_with_the_hybrid_pipeline(fake_run):
     # the only pipelines left are the served ones (the weight sweep's were removed)
     assert set(cluster.pipelines) == {"corpus-rgpl-v1-hybrid"}
     pipeline = cluster.pipelines["corpus-rgpl-v1-hybrid"]
-    weights = pipeline["phase_results_processors"][0]["normalization-processor"]["combination"]["parameters"]["weights"]
+    weights = pipeline["phase_results_processors"][0]["normalization-processor"]["combination"]["parameters"][
+        "weights"
+    ]
     assert weights == [round(1 - weight, 6), round(weight, 6)]
     assert pipeline["request_processors"][0]["neural_query_enricher"]["default_model_id"] == "model-1"
     assert cluster.settings["corpus-rgpl-v1"]["search.default_pipeline"] == "corpus-rgpl-v1-hybrid"
@@ -118,23 +155,46 @@ def test_fake_run_publishes_behind_the_alias_with_the_hybrid_pipeline(fake_run):
 def test_fake_run_requests_follow_the_spec_and_never_write_the_user_index(fake_run, spec):
     cluster, _, _, _ = fake_run
     seen = validate_exchanges(spec, cluster.exchanges)
-    assert {"create_pit", "msearch", "bulk", "reindex", "indices.update_aliases", "search_pipeline.put",
-            "ingest.put_pipeline", "ml.register_model_meta", "ml.upload_chunk", "ml.deploy_model"} <= seen
-    shadows = {ex.path.strip("/") for ex in cluster.exchanges
-               if ex.method == "PUT" and "-rgpl-shadow-" in ex.path and "/" not in ex.path.strip("/")}
+    assert {
+        "create_pit",
+        "msearch",
+        "bulk",
+        "reindex",
+        "indices.update_aliases",
+        "search_pipeline.put",
+        "ingest.put_pipeline",
+        "ml.register_model_meta",
+        "ml.upload_chunk",
+        "ml.deploy_model",
+    } <= seen
+    shadows = {
+        ex.path.strip("/")
+        for ex in cluster.exchanges
+        if ex.method == "PUT" and "-rgpl-shadow-" in ex.path and "/" not in ex.path.strip("/")
+    }
     assert {"corpus-rgpl-shadow-dense", "corpus-rgpl-shadow-student-r1"} <= shadows
     assert any(s.startswith("corpus-rgpl-shadow-miner-") for s in shadows)
-    deleted = {ex.path.strip("/") for ex in cluster.exchanges if ex.method == "DELETE" and "shadow" in ex.path}
+    deleted = {
+        ex.path.strip("/") for ex in cluster.exchanges if ex.method == "DELETE" and "shadow" in ex.path
+    }
     assert shadows <= deleted
     for ex in cluster.exchanges:
         target = ex.path.strip("/").split("/")[0]
         if target in ("corpus", "corpus-v0") and ex.method in ("PUT", "DELETE"):
             raise AssertionError(f"the user's index was written: {ex.method} {ex.path}")
         if ex.path == "/_bulk":
-            assert all(line[next(iter(line))]["_index"] not in ("corpus", "corpus-v0") for line in ex.body[::2])
+            assert all(
+                line[next(iter(line))]["_index"] not in ("corpus", "corpus-v0") for line in ex.body[::2]
+            )
     swap = [ex.body for ex in cluster.exchanges if ex.path == "/_aliases"]
-    assert swap == [{"actions": [{"remove": {"index": "corpus-v0", "alias": "corpus"}},
-                                 {"add": {"index": "corpus-rgpl-v1", "alias": "corpus"}}]}]
+    assert swap == [
+        {
+            "actions": [
+                {"remove": {"index": "corpus-v0", "alias": "corpus"}},
+                {"add": {"index": "corpus-rgpl-v1", "alias": "corpus"}},
+            ]
+        }
+    ]
     # the pipelines were in place before the alias moved
     order = [ex.path for ex in cluster.exchanges]
     assert order.index("/_search/pipeline/corpus-rgpl-v1-hybrid") < order.index("/_aliases")
@@ -144,8 +204,11 @@ def test_search_index_embeds_the_query_client_side(fake_run, monkeypatch):
     cluster, run, _, _ = fake_run
     monkeypatch.setattr(ClusterSettings, "opensearch_client", lambda self, **kw: serving_client(cluster))
     before = len(cluster.exchanges)
-    r = CliRunner().invoke(cli, ["search", "--index", "corpus", "--run", str(run), "--json", "-k", "3", "vitamin bone"],
-                           env=env("https://search.example:9200"))
+    r = CliRunner().invoke(
+        cli,
+        ["search", "--index", "corpus", "--run", str(run), "--json", "-k", "3", "vitamin bone"],
+        env=env("https://search.example:9200"),
+    )
     assert r.exit_code == 0, r.output + repr(r.exception)
     hits = json.loads(r.output)
     assert len(hits) == 3 and all(h["id"].startswith("d") and h["text"] for h in hits)
@@ -159,7 +222,12 @@ def test_search_index_embeds_the_query_client_side(fake_run, monkeypatch):
 
 
 def test_osmem_local_miner_publish_failure_then_publish_and_rollback(
-    osmem, documents, tmp_path, tiny_t5, tiny_cross_encoder, tiny_student  # noqa: F811
+    osmem,  # noqa: F811
+    documents,
+    tmp_path,
+    tiny_t5,
+    tiny_cross_encoder,
+    tiny_student,
 ):
     from opensearchpy import OpenSearch
 
@@ -169,8 +237,17 @@ def test_osmem_local_miner_publish_failure_then_publish_and_rollback(
         load_corpus(client, "docs-v0", documents)
         client.indices.update_aliases(body={"actions": [{"add": {"index": "docs-v0", "alias": "docs"}}]})
         run = tmp_path / "run"
-        base = ["--index", "docs", "--out", str(run), "--miner", "local", "--publish-version", "v1",
-                *train_args(tiny_t5, tiny_cross_encoder, tiny_student)]
+        base = [
+            "--index",
+            "docs",
+            "--out",
+            str(run),
+            "--miner",
+            "local",
+            "--publish-version",
+            "v1",
+            *train_args(tiny_t5, tiny_cross_encoder, tiny_student),
+        ]
         first = CliRunner().invoke(cli, base, env=env(clone.url))
         # osmem has no search pipelines: the publish fails before the swap, with the plugin named
         assert first.exit_code == 1, first.output
@@ -197,8 +274,11 @@ def test_osmem_local_miner_publish_failure_then_publish_and_rollback(
         assert info["miner"] == "local" and info["previous"] == "docs-v0" and "search_pipeline" not in info
         assert_no_secret(run, first.output, second.output)
 
-        bm25 = CliRunner().invoke(cli, ["search", "--index", "docs", "--run", str(run), "--mode", "bm25", "--json",
-                                        "vitamin calcium"], env=env(clone.url))
+        bm25 = CliRunner().invoke(
+            cli,
+            ["search", "--index", "docs", "--run", str(run), "--mode", "bm25", "--json", "vitamin calcium"],
+            env=env(clone.url),
+        )
         assert bm25.exit_code == 0, bm25.output
         assert json.loads(bm25.output)[0]["title"].startswith("vitamin")
 
@@ -223,7 +303,13 @@ def test_concrete_index_is_refused_with_an_explanation(osmem, documents, tmp_pat
         load_corpus(client, "plain", documents)
         r = CliRunner().invoke(cli, ["--index", "plain", "--out", str(tmp_path / "r")], env=env(clone.url))
         assert r.exit_code == 2, r.output
-        for words in ("concrete index", "--alias NAME", "--allow-alias-takeover", "DELETE", "Nothing was changed"):
+        for words in (
+            "concrete index",
+            "--alias NAME",
+            "--allow-alias-takeover",
+            "DELETE",
+            "Nothing was changed",
+        ):
             assert words in r.output
         assert not (tmp_path / "r").exists() and PASSWORD not in r.output
         assert sorted(client.indices.get(index="plain*")) == ["plain"]
@@ -234,11 +320,25 @@ def test_concrete_index_is_refused_with_an_explanation(osmem, documents, tmp_pat
 
 def test_connection_errors_and_usage(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    r = CliRunner().invoke(cli, ["--index", "docs", "--url", "http://127.0.0.1:9", "--miner", "local"],
-                           env={**env("http://127.0.0.1:9"), "OPENSEARCH_URL": ""})
+    r = CliRunner().invoke(
+        cli,
+        ["--index", "docs", "--url", "http://127.0.0.1:9", "--miner", "local"],
+        env={**env("http://127.0.0.1:9"), "OPENSEARCH_URL": ""},
+    )
     assert r.exit_code == 1 and "cannot reach" in r.output and PASSWORD not in r.output
-    r = CliRunner().invoke(cli, ["--index", "docs", "--url", f"https://admin:{PASSWORD}@h:9200", "--insecure",
-                                 "--query", "{not json"], env={})
+    r = CliRunner().invoke(
+        cli,
+        [
+            "--index",
+            "docs",
+            "--url",
+            f"https://admin:{PASSWORD}@h:9200",
+            "--insecure",
+            "--query",
+            "{not json",
+        ],
+        env={},
+    )
     assert r.exit_code == 2 and "--query" in r.output and PASSWORD not in r.output
     assert "verification is OFF" in r.output
     cfg = tmp_path / "cluster.json"

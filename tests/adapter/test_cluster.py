@@ -64,16 +64,24 @@ def test_local_miner_keeps_vectors_here_mirrors_dense_and_cleans_up(os_client, d
     assert isinstance(backend, Backend) and backend.name == "opensearch+local"
     ids, vecs = [d.id for d in documents], _vectors(len(documents))
     backend.put_vectors("student-r1", ids, vecs)
-    assert backend.has_vectors("student-r1") and not source.has_vectors("student-r1")  # nothing in the cluster
+    assert backend.has_vectors("student-r1") and not source.has_vectors(
+        "student-r1"
+    )  # nothing in the cluster
     hits = backend.knn_search("student-r1", vecs[[5]], k=3)[0]
     assert hits[0].doc_id == ids[int(np.argmax(vecs @ vecs[5]))]
     backend.put_vectors("dense", ids, vecs)
     assert source.has_vectors("dense")  # mirrored: publishing copies it from the shadow index
     fused = backend.hybrid_search("dense", ["vitamin calcium bone"], vecs[[0]], k=5, weight=0.0)[0]
-    assert [h.doc_id for h in fused] == [h.doc_id for h in backend.bm25_search(["vitamin calcium bone"], 5)[0]]
+    assert [h.doc_id for h in fused] == [
+        h.doc_id for h in backend.bm25_search(["vitamin calcium bone"], 5)[0]
+    ]
     removed = backend.cleanup()
     assert removed == ["corpus-rgpl-shadow-dense"]
-    assert not source.has_vectors("dense") and not backend.has_vectors("student-r1") and not backend.has_vectors("dense")
+    assert (
+        not source.has_vectors("dense")
+        and not backend.has_vectors("student-r1")
+        and not backend.has_vectors("dense")
+    )
     assert os_client.count(index="corpus")["count"] == len(documents)
 
 
@@ -97,7 +105,11 @@ def test_publisher_serves_a_new_alias_next_to_a_concrete_index_and_rolls_back(os
     assert [d.id for d in publisher.documents()] == [d.id for d in backend.iter_documents()]
     info = publisher.publish(tmp_path, {"hybrid_weight": 0.3})
     assert (info["index"], info["previous"], info["version"], info["hybrid_weight"]) == (
-        "plain-serving-rgpl-v2", "plain", "v2", 0.3)
+        "plain-serving-rgpl-v2",
+        "plain",
+        "v2",
+        0.3,
+    )
     assert alias_state(os_client, "plain-serving") == ("alias", ["plain-serving-rgpl-v2"])
     assert alias_state(os_client, "plain") == ("index", ["plain"])  # the user's index is untouched
     assert not backend.source.has_vectors("dense")  # the served copy replaced the shadow index

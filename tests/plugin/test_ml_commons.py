@@ -23,7 +23,7 @@ from rgpl_plugin.ml_commons import (
     wait_for_task,
 )
 
-from tests.plugin.conftest import SHARDS, Exchange, FakeCluster
+from tests.plugin.conftest import Exchange, FakeCluster
 from tests.plugin.spec import parse_body
 
 ML = "/_plugins/_ml"
@@ -60,7 +60,7 @@ class ServingFake(FakeCluster):
             return 200, (None if method == "HEAD" else {self.aliases[name]: {"aliases": {name: {}}}})
         if parts == ["_aliases"]:
             for action in body["actions"]:
-                (kind, spec), = action.items()
+                ((kind, spec),) = action.items()
                 if kind == "add":
                     self.aliases[spec["alias"]] = spec["index"]
                 elif kind == "remove":
@@ -72,10 +72,22 @@ class ServingFake(FakeCluster):
             src, dest = self.resolve(body["source"]["index"]), body["dest"]["index"]
             self.indices[dest].update({i: dict(s) for i, s in self.indices[src].items()})
             n = len(self.indices[src])
-            return 200, {"took": 1, "timed_out": False, "total": n, "created": n, "updated": 0, "deleted": 0,
-                         "batches": 1, "version_conflicts": 0, "noops": 0, "failures": [],
-                         "retries": {"bulk": 0, "search": 0}, "throttled_millis": 0, "requests_per_second": -1.0,
-                         "throttled_until_millis": 0}
+            return 200, {
+                "took": 1,
+                "timed_out": False,
+                "total": n,
+                "created": n,
+                "updated": 0,
+                "deleted": 0,
+                "batches": 1,
+                "version_conflicts": 0,
+                "noops": 0,
+                "failures": [],
+                "retries": {"bulk": 0, "search": 0},
+                "throttled_millis": 0,
+                "requests_per_second": -1.0,
+                "throttled_until_millis": 0,
+            }
         if parts[:2] == ["_ingest", "pipeline"] and method == "PUT":
             self.ingest[parts[2]] = body
             return 200, {"acknowledged": True}
@@ -87,7 +99,7 @@ class ServingFake(FakeCluster):
             return 200, {"acknowledged": True}
         if parts == ["_bulk"]:
             for action, doc in zip(body[::2], body[1::2]):
-                (op, meta), = action.items()
+                ((op, meta),) = action.items()
                 if op == "update" and meta["_id"] in self.indices.get(meta["_index"], {}):
                     doc["doc"] = {**self.indices[meta["_index"]][meta["_id"]], **doc["doc"]}
         if parts and not parts[0].startswith("_") and parts[0] in self.aliases:
@@ -101,9 +113,15 @@ class ServingFake(FakeCluster):
             if method == "PUT":
                 self.settings.setdefault(parts[0], {}).update(_flatten(body.get("index", body)))
                 return 200, {"acknowledged": True}
-            index_settings = {"number_of_shards": "1", "number_of_replicas": "1", "refresh_interval": "1s",
-                              **{k: str(v).lower() if isinstance(v, bool) else v
-                                 for k, v in self.settings.get(parts[0], {}).items()}}
+            index_settings = {
+                "number_of_shards": "1",
+                "number_of_replicas": "1",
+                "refresh_interval": "1s",
+                **{
+                    k: str(v).lower() if isinstance(v, bool) else v
+                    for k, v in self.settings.get(parts[0], {}).items()
+                },
+            }
             return 200, {parts[0]: {"settings": {"index": index_settings}}}
         return super().handle(method, path, params, body)
 
@@ -121,13 +139,23 @@ class ServingFake(FakeCluster):
         if rest == ["tasks", "task-1"]:
             self.task_polls += 1
             state = "RUNNING" if self.task_polls < 2 else self.deploy_state
-            task = {"model_id": "model-1", "task_type": "DEPLOY_MODEL", "function_name": "TEXT_EMBEDDING",
-                    "state": state, "worker_node": ["node-1"], "create_time": 1, "last_update_time": 2, "is_async": True}
+            task = {
+                "model_id": "model-1",
+                "task_type": "DEPLOY_MODEL",
+                "function_name": "TEXT_EMBEDDING",
+                "state": state,
+                "worker_node": ["node-1"],
+                "create_time": 1,
+                "last_update_time": 2,
+                "is_async": True,
+            }
             if state == "FAILED":
                 task["error"] = "model content hash can't match original hash value"
             return 200, task
-        return 400, {"error": {"type": "illegal_argument_exception", "reason": f"fake: no ML handler for {rest}"},
-                     "status": 400}
+        return 400, {
+            "error": {"type": "illegal_argument_exception", "reason": f"fake: no ML handler for {rest}"},
+            "status": 400,
+        }
 
 
 def _flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -161,8 +189,9 @@ def serving_client(cluster: FakeCluster, **kwargs: Any) -> Any:
         def close(self) -> None:
             pass
 
-    return OpenSearch(hosts=[{"host": "fake", "port": 9200}], connection_class=RecordingConnection,
-                      max_retries=0, **kwargs)
+    return OpenSearch(
+        hosts=[{"host": "fake", "port": 9200}], connection_class=RecordingConnection, max_retries=0, **kwargs
+    )
 
 
 def validate_exchanges(spec, exchanges: list[Exchange]) -> set[str]:
@@ -176,16 +205,27 @@ def validate_exchanges(spec, exchanges: list[Exchange]) -> set[str]:
         if ex.path == "/_reindex" and ex.status == 200:
             # the spec's oneOf (a task object with only optional keys | BulkByScrollResponseBase)
             # matches every finished reindex twice; validate against the finished-reindex branch
-            spec._validate(ex.response, (spec.root / "schemas/_common.yaml").resolve().as_uri(),
-                           "/components/schemas/BulkByScrollResponseBase", "response of POST /_reindex")
+            spec._validate(
+                ex.response,
+                (spec.root / "schemas/_common.yaml").resolve().as_uri(),
+                "/components/schemas/BulkByScrollResponseBase",
+                "response of POST /_reindex",
+            )
         else:
             spec.validate_response(ex.method, ex.path, ex.status, ex.response)
         seen.add(spec.operation_id(ex.method, ex.path).rsplit(".", 1)[0])
     return seen
 
 
-CONFIG = {"model_type": "bert", "embedding_dimension": 32, "framework_type": "sentence_transformers",
-          "pooling_mode": "MEAN", "normalize_result": False, "all_config": "{}", "model_max_length": 32}
+CONFIG = {
+    "model_type": "bert",
+    "embedding_dimension": 32,
+    "framework_type": "sentence_transformers",
+    "pooling_mode": "MEAN",
+    "normalize_result": False,
+    "all_config": "{}",
+    "model_max_length": 32,
+}
 
 
 @pytest.fixture
@@ -200,8 +240,17 @@ def test_register_uploads_in_order_and_deploys(spec, documents, model_zip):
     path, sha, data = model_zip
     cluster = ServingFake(docs=documents)
     sleeps = []
-    model = register_and_deploy(serving_client(cluster), path, sha, CONFIG, name="docs-rgpl-v1", version="1",
-                                chunk_bytes=10_000, sleep=sleeps.append, poll_s=0.5)
+    model = register_and_deploy(
+        serving_client(cluster),
+        path,
+        sha,
+        CONFIG,
+        name="docs-rgpl-v1",
+        version="1",
+        chunk_bytes=10_000,
+        sleep=sleeps.append,
+        poll_s=0.5,
+    )
     assert (model.model_id, model.model_group_id, model.chunks) == ("model-1", "group-1", 3)
     assert b"".join(cluster.chunks[i] for i in range(3)) == data and sorted(cluster.chunks) == [0, 1, 2]
     assert cluster.meta["total_chunks"] == 3 and cluster.meta["model_content_hash_value"] == sha
@@ -213,23 +262,43 @@ def test_register_uploads_in_order_and_deploys(spec, documents, model_zip):
     assert order[5] == f"{ML}/models/model-1/_deploy" and order[6:] == [f"{ML}/tasks/task-1"] * 2
     assert sleeps == [0.5]  # polled once more after RUNNING
     seen = validate_exchanges(spec, cluster.exchanges)
-    assert {"ml.register_model_group", "ml.register_model_meta", "ml.upload_chunk", "ml.deploy_model",
-            "ml.get_task"} <= seen
+    assert {
+        "ml.register_model_group",
+        "ml.register_model_meta",
+        "ml.upload_chunk",
+        "ml.deploy_model",
+        "ml.get_task",
+    } <= seen
 
 
 def test_failed_deploy_and_timeouts_are_named(documents, model_zip):
     path, sha, _ = model_zip
     cluster = ServingFake(docs=documents, deploy_state="FAILED")
     with pytest.raises(MLCommonsError, match="FAILED.*hash"):
-        register_and_deploy(serving_client(cluster), path, sha, CONFIG, name="m", version="1", sleep=lambda s: None)
+        register_and_deploy(
+            serving_client(cluster), path, sha, CONFIG, name="m", version="1", sleep=lambda s: None
+        )
     stuck = ServingFake(docs=documents)
-    stuck.task_polls = -10**6  # RUNNING forever
+    stuck.task_polls = -(10**6)  # RUNNING forever
     with pytest.raises(MLCommonsError, match="still RUNNING"):
         wait_for_task(serving_client(stuck), "task-1", timeout_s=0.0, sleep=lambda s: None)
     missing = ServingFake(docs=documents)
-    missing.overrides.append(lambda method, path, params, body: (
-        400, {"error": {"type": "illegal_argument_exception", "reason": f"no handler found for uri [{path}]"},
-              "status": 400}) if path.startswith(ML) else None)
+    missing.overrides.append(
+        lambda method, path, params, body: (
+            (
+                400,
+                {
+                    "error": {
+                        "type": "illegal_argument_exception",
+                        "reason": f"no handler found for uri [{path}]",
+                    },
+                    "status": 400,
+                },
+            )
+            if path.startswith(ML)
+            else None
+        )
+    )
     with pytest.raises(MLCommonsError, match="opensearch-ml"):
         register_and_deploy(serving_client(missing), path, sha, CONFIG, name="m", version="1")
 
