@@ -4,6 +4,7 @@ behind an alias and roll back. Tiny random vectors; skipped when Docker is absen
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -113,3 +114,49 @@ def test_elasticsearch_end_to_end(elastic):
     _load(client, "corpus-v0")
     _exercise(ElasticsearchBackend(client, "corpus"), client)
     _cleanup(client)
+
+
+# -- the whole `rgpl-adapt --index` flow with tiny models -------------------------------------------
+
+
+def _adapt_args(tiny_t5, tiny_cross_encoder, tiny_student, *extra: str) -> list[str]:
+    return ["--generator", str(tiny_t5), "--teacher", str(tiny_cross_encoder), "--student", str(tiny_student),
+            "--retriever", str(tiny_student), "--queries-per-passage", "2", "--steps", "4", "--batch-size", "4",
+            "--remine-every", "2", "--max-seq-len", "32", "--warmup-steps", "1", "--device", "cpu", "--scale", "cpu",
+            *extra]
+
+
+@pytest.mark.parametrize("miner", ["cluster", "local"])
+def test_rgpl_adapt_index_on_opensearch(opensearch_url, miner, tmp_path, tiny_t5, tiny_cross_encoder, tiny_student):
+    from click.testing import CliRunner
+    from opensearchpy import OpenSearch
+    from rgpl_adapt.cli import cli
+    from rgpl_plugin.opensearch_publish import alias_state
+
+    client = OpenSearch(hosts=[opensearch_url], timeout=30)
+    _wait_green(client)
+    _load(client, "corpus-v0")
+    env = {"OPENSEARCH_URL": opensearch_url, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    run = tmp_path / "run"
+    try:
+        result = CliRunner().invoke(cli, ["--index", "corpus", "--out", str(run), "--miner", miner,
+                                          "--publish-version", "it1",
+                                          *_adapt_args(tiny_t5, tiny_cross_encoder, tiny_student)], env=env)
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        assert alias_state(client, "corpus") == ("alias", ["corpus-rgpl-it1"])
+        assert client.count(index="corpus")["count"] == len(DOCS)
+        settings = client.indices.get_settings(index="corpus-rgpl-it1")["corpus-rgpl-it1"]["settings"]["index"]
+        assert settings["search"]["default_pipeline"] == "corpus-rgpl-it1-hybrid"
+        assert not client.indices.exists(index="corpus-rgpl-shadow-dense")
+        hits = CliRunner().invoke(cli, ["search", "--index", "corpus", "--run", str(run), "--json", "passage 3"],
+                                  env=env)
+        assert hits.exit_code == 0, hits.output
+        assert len(json.loads(hits.output)) > 0
+        back = CliRunner().invoke(cli, ["rollback", "--index", "corpus"], env=env)
+        assert back.exit_code == 0, back.output
+        assert alias_state(client, "corpus") == ("alias", ["corpus-v0"])
+    finally:
+        for index in ("corpus-v0", "corpus-rgpl-it1"):
+            if client.indices.exists(index=index):
+                client.indices.delete(index=index)
+        client.search_pipeline.delete(id="corpus-rgpl-it1-hybrid", params={"ignore": 404})
