@@ -13,8 +13,9 @@ cluster index/alias (``docs``). Its state is
 Two stores implement :class:`StateStore`:
 
 * :class:`FileStateStore` (``<run root>/state/``): JSON files written atomically (temp file +
-  ``os.replace``); the lock is a file created with ``O_CREAT|O_EXCL``, taken over after expiry by
-  an atomic ``rename`` of the stale file (only one contender's rename can succeed);
+  ``os.replace``); the lock is a file created with ``O_CREAT|O_EXCL``; an expired one is taken
+  over by an atomic rename of our lease over it, inside a short ``flock`` critical section (so of
+  several contenders exactly one wins, and a crash never leaves the mutex held);
 * :class:`IndexStateStore` (``.rgpl-state`` on OpenSearch/Elasticsearch): one document per
   record keyed by the target name, so any machine that reaches the cluster can pick up the
   schedule. The lock is a document created with ``op_type=create``; an expired lease is taken
@@ -257,59 +258,56 @@ class FileStateStore:
             os.fsync(fh.fileno())
         return True
 
+    @contextmanager
+    def _mutex(self, target: str) -> Iterator[None]:
+        """A short critical section (``flock``; released by the kernel if the process dies) for the
+        read-check-write steps: taking over an expired lease, renewing, releasing."""
+        import fcntl
+
+        path = self._dir(target) / "lock.mutex"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     def acquire(self, target: str, holder: str, ttl_s: float) -> Lease | None:
         path = self._lock_path(target)
         path.parent.mkdir(parents=True, exist_ok=True)
         now = self.clock()
         lease = Lease(target, holder, uuid.uuid4().hex, now, now + ttl_s)
-        if self._create(path, lease):
+        if self._create(path, lease):  # the common case: nobody holds it
             return lease
-        seen = self._read_lock(path)
-        if seen is not None and not seen.expired(now):
-            return None
-        # Expired: move the stale file aside. rename is atomic, so of several contenders exactly one
-        # moves it; the others get FileNotFoundError (or move a fresh lease, which they put back).
-        aside = path.with_name(f".lock.{lease.token}.stale")
-        try:
-            os.rename(path, aside)
-        except FileNotFoundError:
-            return self.acquire(target, holder, ttl_s) if seen is None else None
-        moved = self._read_lock(aside)
-        if seen is not None and moved is not None and moved.token != seen.token and not moved.expired(now):
-            try:  # we moved someone's fresh lease: put it back (link never overwrites)
-                os.link(aside, path)
-            except FileExistsError:
-                pass
-            aside.unlink(missing_ok=True)
-            return None
-        aside.unlink(missing_ok=True)
-        if seen is not None:
-            log.warning("lock of %s held by %s expired at %s: taking it over", target, seen.holder, _iso(seen.expires_at))
-        return lease if self._create(path, lease) else None
+        with self._mutex(target):
+            seen = self._read_lock(path)
+            if seen is None:  # released in between
+                return lease if self._create(path, lease) else None
+            if not seen.expired(now):
+                return None
+            # expired (a crashed holder): replace it by ours with an atomic rename, so the lock
+            # file never disappears and no O_EXCL creator can slip in between
+            _atomic_write(path, asdict(lease))
+        log.warning("lock of %s held by %s expired at %s: taking it over", target, seen.holder, _iso(seen.expires_at))
+        return lease
 
     def renew(self, lease: Lease, ttl_s: float) -> Lease:
         path = self._lock_path(lease.target)
-        current = self._read_lock(path)
-        if current is None or current.token != lease.token:
-            raise LockHeldError(f"the lock of {lease.target!r} was lost (expired and taken by another process)")
-        renewed = replace(lease, expires_at=self.clock() + ttl_s)
-        _atomic_write(path, asdict(renewed))
+        with self._mutex(lease.target):
+            current = self._read_lock(path)
+            if current is None or current.token != lease.token:
+                raise LockHeldError(f"the lock of {lease.target!r} was lost (expired and taken by another process)")
+            renewed = replace(lease, expires_at=self.clock() + ttl_s)
+            _atomic_write(path, asdict(renewed))
         return renewed
 
     def release(self, lease: Lease) -> None:
         path = self._lock_path(lease.target)
-        aside = path.with_name(f".lock.{lease.token}.release")
-        try:
-            os.rename(path, aside)
-        except FileNotFoundError:
-            return
-        moved = self._read_lock(aside)
-        if moved is not None and moved.token != lease.token:
-            try:
-                os.link(aside, path)  # not ours (we lost it): put it back
-            except FileExistsError:
-                pass
-        aside.unlink(missing_ok=True)
+        with self._mutex(lease.target):
+            current = self._read_lock(path)
+            if current is not None and current.token == lease.token:
+                path.unlink(missing_ok=True)
 
 
 # -- cluster ---------------------------------------------------------------------------------------
@@ -387,16 +385,17 @@ class IndexStateStore:
         filters: list[dict[str, Any]] = [{"term": {"kind": kind}}, {"term": {"target": target}}]
         if version is not None:
             filters.append({"term": {"version": version}})
-        body = {"size": size, "query": {"bool": {"filter": filters}}, "sort": [{"version": {"order": "desc"}}]}
-        return _body(self.client.search(index=self.index, body=body))["hits"]["hits"]
+        body = {"size": size, "query": {"bool": {"filter": filters}}}
+        hits = _body(self.client.search(index=self.index, body=body))["hits"]["hits"]
+        return sorted(hits, key=lambda h: -(h["_source"].get("version") or 0))
 
     # records
     def put_run(self, record: RunRecord) -> None:
         self._put(f"run:{record.target}:{record.version}", "run", record.target, record.to_dict(), record.version)
 
     def runs(self, target: str, limit: int | None = None) -> list[RunRecord]:
-        hits = self._search("run", target, limit or 1000)
-        return [RunRecord.from_dict(h["_source"]["record"]) for h in hits]
+        hits = self._search("run", target, 10_000)
+        return [RunRecord.from_dict(h["_source"]["record"]) for h in hits[:limit]]
 
     def serving(self, target: str) -> ServingRecord | None:
         doc = self._get(f"serving:{target}")
