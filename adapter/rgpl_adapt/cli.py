@@ -104,6 +104,7 @@ def _build_config(opts: dict[str, Any]) -> AdaptConfig:
         similarity=opts.get("similarity"),
         precision=opts.get("precision"),
         checkpoint_every=opts.get("checkpoint_every"),
+        eval_every=opts.get("eval_every"),
     )
     set_("remine", every=opts.get("remine_every"), k=opts.get("remine_k"))
     set_("export", int8=True if opts.get("int8") else None, onnx=False if opts.get("no_onnx") else None)
@@ -303,6 +304,11 @@ def _preflight_alias(settings: Any, options: Any, secrets: tuple[str, ...]) -> N
 @click.option("--int8", is_flag=True, help="Also export an int8 ONNX model.")
 @click.option("--no-onnx", is_flag=True, help="Skip the ONNX export (search then uses torch).")
 @click.option("--device", help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--eval-qrels", type=click.Path(exists=True, dir_okay=False),
+              help="Held-out qrels (BEIR TSV) for periodic evaluation during training.")
+@click.option("--eval-queries", type=click.Path(exists=True, dir_okay=False),
+              help="queries.jsonl for --eval-qrels (default: next to the qrels folder).")
+@click.option("--eval-every", type=int, help="Evaluate on --eval-qrels every N steps (logged to train/log.jsonl).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted training from its last checkpoint.")
 @click.option("--restart", is_flag=True, help="Discard an interrupted training and start it over.")
 @cluster_options
@@ -352,24 +358,48 @@ def adapt(**opts: Any) -> None:
         return
     cfg = _build_config(opts)
     out = Path(opts["out"] or Path("runs") / Path(opts["corpus"]).stem)
+    from rgpl_adapt.distributed import dist_info
     from rgpl_adapt.pipeline import Pipeline
-    from rgpl_adapt.progress import tqdm_progress
+    from rgpl_adapt.progress import silent, tqdm_progress
 
-    click.echo(
-        f"rgpl-adapt: {cfg.training.steps} steps, batch {cfg.training.batch_size}, remine every "
-        f"{cfg.remine.every or 'never (GPL)'}, run folder {out}",
-        err=True,
-    )
-    try:
-        result = Pipeline(cfg, out, progress=tqdm_progress, on_event=_echo_event).run(
-            resume=opts["resume"], restart=opts["restart"]
+    eval_data = _eval_data(opts)
+    if opts.get("eval_every") and eval_data is None:
+        raise click.UsageError("--eval-every needs --eval-qrels")
+    main_rank = dist_info().is_main  # under torchrun, rank 0 alone talks
+    if main_rank:
+        click.echo(
+            f"rgpl-adapt: {cfg.training.steps} steps, batch {cfg.training.batch_size}, remine every "
+            f"{cfg.remine.every or 'never (GPL)'}, run folder {out}",
+            err=True,
         )
+    try:
+        result = Pipeline(
+            cfg,
+            out,
+            progress=tqdm_progress if main_rank else silent,
+            on_event=_echo_event if main_rank else (lambda event, info: None),
+            eval_data=eval_data,
+        ).run(resume=opts["resume"], restart=opts["restart"])
     except (RuntimeError, ValueError, OSError, ImportError) as exc:
         raise click.ClickException(str(exc)) from exc
+    if not main_rank:
+        return
     click.echo(f"model: {result.model_dir}")
     if result.onnx_dir:
         click.echo(f"onnx:  {result.onnx_dir}")
     click.echo(f"next:  rgpl-adapt search --run {out} \"your query\"")
+
+
+def _eval_data(opts: dict[str, Any]) -> tuple[dict, dict] | None:
+    """(qrels, queries) for periodic evaluation, or None."""
+    if not opts.get("eval_qrels"):
+        return None
+    from rgpl_adapt.evaluation import load_qrels, load_queries
+
+    qpath = Path(opts["eval_queries"]) if opts.get("eval_queries") else Path(opts["eval_qrels"]).resolve().parent.parent / "queries.jsonl"
+    if not qpath.exists():
+        raise click.UsageError(f"no queries file at {qpath}: pass --eval-queries")
+    return load_qrels(opts["eval_qrels"]), load_queries(qpath)
 
 
 def _adapt_index(opts: dict[str, Any]) -> None:

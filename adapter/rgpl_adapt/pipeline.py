@@ -33,6 +33,7 @@ from rgpl_plugin.base import Backend, Document
 
 from rgpl_adapt.config import AdaptConfig
 from rgpl_adapt.devices import resolve_device
+from rgpl_adapt.distributed import DistInfo, barrier, init_distributed
 from rgpl_adapt.manifest import Manifest, invalidate, is_complete, read_manifest, write_manifest
 from rgpl_adapt.progress import ProgressFactory, silent
 from rgpl_adapt.records import GeneratedQuery, NegativePool, read_jsonl, write_jsonl
@@ -101,9 +102,12 @@ class Pipeline:
         publisher: Publisher | None = None,
         progress: ProgressFactory = silent,
         on_event: EventSink = _ignore,
+        eval_data: tuple[dict[str, dict[str, int]], dict[str, str]] | None = None,
     ) -> None:
+        """``eval_data`` = (qrels, queries) turns on periodic evaluation every ``training.eval_every`` steps."""
         self.cfg = cfg
         self.dir = Path(run_dir)
+        self.eval_data = eval_data
         self.backend = backend
         self.publisher = publisher
         self.progress = progress
@@ -111,6 +115,7 @@ class Pipeline:
         self.device = resolve_device(cfg.device)
         self.report: dict[str, Any] = {"stages": {}}
         self._upstream = ""  # fingerprint chain
+        self.dist = DistInfo()
 
     # ------------------------------------------------------------------ stage plumbing
     def _stage(self, name: str, inputs: dict[str, Any], build: Callable[[Path], dict[str, Any]]) -> Manifest:
@@ -123,6 +128,12 @@ class Pipeline:
             self.report["stages"][name] = {"skipped": True, **found.outputs}
             self._upstream = expected.fingerprint
             return found
+        if not self.dist.is_main:
+            # Under torchrun only training runs on every rank; rank 0 alone runs and records the rest.
+            if name != "train":
+                raise PipelineError(f"rank {self.dist.rank}: stage {name!r} was not completed by rank 0")
+            build(stage_dir)
+            return expected
         if read_manifest(stage_dir) is not None:
             self.emit("stage_stale", {"stage": name, "reason": "settings or inputs changed"})
             invalidate(stage_dir)
@@ -277,7 +288,7 @@ class Pipeline:
         def build(stage_dir: Path) -> dict[str, Any]:
             import shutil
 
-            if restart:
+            if restart and self.dist.is_main:
                 for sub in ("checkpoints", "rounds", "final"):
                     shutil.rmtree(stage_dir / sub, ignore_errors=True)
                 (stage_dir / "log.jsonl").unlink(missing_ok=True)
@@ -285,8 +296,18 @@ class Pipeline:
             try:
                 cache = ScoreCache(stage_dir / "scores.jsonl", key=cache_key)
             except ValueError:  # scores of another teacher or other queries: never mix them in
+                if not self.dist.is_main:
+                    raise
                 (stage_dir / "scores.jsonl").unlink()
                 cache = ScoreCache(stage_dir / "scores.jsonl", key=cache_key)
+            evaluator = None
+            if self.eval_data is not None and tc.eval_every > 0:
+                from rgpl_adapt.compare import make_training_evaluator
+
+                qrels, eval_queries = self.eval_data
+                evaluator = make_training_evaluator(
+                    self.backend, qrels, eval_queries, normalize=tc.similarity == "cosine"
+                )
             trainer = Trainer(
                 self.cfg,
                 stage_dir,
@@ -298,6 +319,7 @@ class Pipeline:
                 cache=cache,
                 device=self.device,
                 progress=self.progress,
+                evaluator=evaluator,
                 stop_after=stop_after,
             )
             result = trainer.run(resume=resume)
@@ -305,6 +327,7 @@ class Pipeline:
                 "steps": result.steps,
                 "final_loss": result.final_loss,
                 "rounds": result.rounds,
+                "evals": result.evals,
                 "model_dir": str(result.model_dir),
             }
 
@@ -354,15 +377,24 @@ class Pipeline:
 
     # ------------------------------------------------------------------ public
     def run(self, *, resume: bool = False, restart: bool = False, stop_after: int | None = None) -> AdaptResult:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+        self.dist, self.device = init_distributed(self.device)
+        if not self.dist.is_main:
+            self.progress, self.emit = silent, _ignore
+            barrier(self.dist)  # rank 0 runs the stages before training; the others then read them
+        else:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
         t0 = time.perf_counter()
         docs = self._stage_index()
         if len(docs) < 2:
             raise PipelineError("the corpus needs at least 2 documents (a positive and a negative)")
         queries = self._stage_queries(docs)
         pools = self._stage_negatives(queries)
+        if self.dist.is_main:
+            barrier(self.dist)
         model_dir = self._stage_train(docs, queries, pools, resume=resume, restart=restart, stop_after=stop_after)
+        if not self.dist.is_main:  # export, serving and publishing are rank 0's
+            return AdaptResult(self.dir, model_dir, None, self.report)
         export_dir = self._stage_export(model_dir, docs)
         served = self._stage_serve(export_dir, docs, queries)
         if self.publisher is not None:

@@ -56,6 +56,7 @@ class TrainResult:
     model_dir: Path
     steps: int
     rounds: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
     final_loss: float = float("nan")
     seconds: float = 0.0
 
@@ -332,6 +333,7 @@ class Trainer:
             torch.set_rng_state(state["rng"]["torch"])
 
         rounds_info: list[dict[str, Any]] = []
+        evals: list[dict[str, Any]] = []
         loss_value = float("nan")
         bs = self.tc.batch_size
         with self.progress(total=self.tc.steps, desc="training", unit="step") as bar:
@@ -361,6 +363,7 @@ class Trainer:
                     if self.evaluator is not None and self.dist.is_main and self.tc.eval_every and step % self.tc.eval_every == 0:
                         metrics = self.evaluator(model)
                         model.train()
+                        evals.append({"step": step, **metrics})
                         self._log({"event": "eval", "step": step, **metrics})
                     if step % self.tc.checkpoint_every == 0 and step < self.tc.steps:
                         self._save_checkpoint(model, optimizer, scheduler, scaler, step)
@@ -384,6 +387,7 @@ class Trainer:
             model_dir=final,
             steps=step,
             rounds=rounds_info,
+            evals=evals,
             final_loss=loss_value,
             seconds=time.perf_counter() - t_start,
         )

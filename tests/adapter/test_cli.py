@@ -22,6 +22,7 @@ def adapt_args(beir_dir, run, tiny_t5, tiny_cross_encoder, tiny_student, *extra)
         "--student", str(tiny_student), "--retriever", str(tiny_student),
         "--queries-per-passage", "2", "--steps", "6", "--batch-size", "4", "--remine-every", "3",
         "--max-seq-len", "32", "--checkpoint-every", "2", "--warmup-steps", "1", "--device", "cpu", "--scale", "cpu",
+        "--eval-qrels", str(beir_dir / "qrels" / "test.tsv"), "--eval-every", "3",
         *extra,
     ]
 
@@ -43,6 +44,8 @@ def test_adapt_is_the_default_command_and_writes_everything(adapted_run):
     train = report["stages"]["train"]
     assert train["steps"] == 6 and [r["round"] for r in train["rounds"]] == [0, 1]
     assert 0.0 <= train["rounds"][1]["churn"] <= 1.0
+    assert [e["step"] for e in train["evals"]] == [3, 6]  # periodic evaluation on the held-out qrels
+    assert all(0.0 <= e["ndcg@10"] <= 1.0 for e in train["evals"])
     assert report["stages"]["export"]["max_abs_diff"] <= report["stages"]["export"]["tolerance"]
     assert 0.0 <= report["stages"]["serve"]["hybrid_weight"] <= 1.0
 
@@ -108,6 +111,8 @@ def test_interrupted_training_resumes(tmp_path, beir_dir, tiny_t5, tiny_cross_en
 
 
 def test_usage_errors(tmp_path, beir_dir):
+    r = CliRunner().invoke(cli, ["--corpus", str(beir_dir), "--eval-every", "5"])
+    assert r.exit_code == 2 and "--eval-qrels" in r.output
     r = CliRunner().invoke(cli, ["adapt"])
     assert r.exit_code == 2 and "--corpus" in r.output
     r = CliRunner().invoke(cli, ["--corpus", str(beir_dir), "--resume", "--restart"])

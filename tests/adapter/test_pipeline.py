@@ -1,0 +1,51 @@
+"""Pipeline-level behaviour not covered through the CLI: torchrun gating (2 CPU ranks, gloo)."""
+
+import dataclasses
+import json
+
+import torch
+
+from rgpl_adapt.config import AdaptConfig
+from tests.adapter.test_distributed import free_port, no_dropout_copy
+
+
+def tiny_config(beir_dir, t5, ce, student) -> AdaptConfig:
+    cfg = AdaptConfig()
+    return dataclasses.replace(
+        cfg,
+        corpus=dataclasses.replace(cfg.corpus, path=str(beir_dir)),
+        generation=dataclasses.replace(cfg.generation, model=str(t5), queries_per_passage=1, batch_size=16),
+        mining=dataclasses.replace(cfg.mining, retrievers=(str(student),), k=5),
+        labels=dataclasses.replace(cfg.labels, teacher=str(ce), batch_size=32),
+        training=dataclasses.replace(
+            cfg.training, student=str(student), steps=4, batch_size=4, max_seq_len=32, warmup_steps=1, checkpoint_every=2
+        ),
+        remine=dataclasses.replace(cfg.remine, every=2, k=5),
+        device="cpu",
+    )
+
+
+def _rank(rank, world, port, cfg, run_dir, out):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from rgpl_adapt.pipeline import Pipeline
+
+    events = []
+    result = Pipeline(cfg, run_dir, on_event=lambda e, i: events.append(e)).run()
+    (out / f"rank{rank}.json").write_text(json.dumps({"events": events, "onnx": str(result.onnx_dir)}))
+    torch.distributed.destroy_process_group()
+
+
+def test_torchrun_rank0_runs_the_stages_and_all_ranks_train(tmp_path, beir_dir, tiny_t5, tiny_cross_encoder, tiny_student):
+    student = no_dropout_copy(tiny_student, tmp_path / "student")
+    cfg = tiny_config(beir_dir, tiny_t5, tiny_cross_encoder, student)
+    torch.multiprocessing.spawn(_rank, args=(2, free_port(), cfg, tmp_path / "run", tmp_path), nprocs=2, join=True)
+    rank0 = json.loads((tmp_path / "rank0.json").read_text())
+    rank1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert "stage_done" in rank0["events"] and rank0["onnx"] != "None"
+    assert rank1["events"] == [] and rank1["onnx"] == "None"  # other ranks are silent and stop after training
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["stages"]["train"]["steps"] == 4
+    assert [r["round"] for r in report["stages"]["train"]["rounds"]] == [0, 1]
