@@ -37,13 +37,38 @@ from typing import Any, Literal
 import numpy as np
 
 from rgpl_adapt.config import AdaptConfig
-from rgpl_adapt.drift import (DEFAULT_THRESHOLD, DriftReport, compare_fingerprints, count_drift, fingerprints,
-                              since_drift, snapshot_digest)
+from rgpl_adapt.drift import (
+    DEFAULT_THRESHOLD,
+    DriftReport,
+    compare_fingerprints,
+    count_drift,
+    fingerprints,
+    since_drift,
+    snapshot_digest,
+)
 from rgpl_adapt.progress import ProgressFactory, silent
 from rgpl_adapt.records import Document, GeneratedQuery
-from rgpl_adapt.state import Clock, FileStateStore, LockHeldError, RunRecord, StateStore, default_holder, hold_lock
-from rgpl_adapt.versions import (DEFAULT_KEEP, DEFAULT_TOLERANCE, PromotionDecision, decide_promotion, mrr_at_k,
-                                 next_version, promote_embedded, prune_cluster_indices, prune_embedded, version_dir)
+from rgpl_adapt.state import (
+    Clock,
+    FileStateStore,
+    LockHeldError,
+    RunRecord,
+    StateStore,
+    default_holder,
+    hold_lock,
+)
+from rgpl_adapt.versions import (
+    DEFAULT_KEEP,
+    DEFAULT_TOLERANCE,
+    PromotionDecision,
+    decide_promotion,
+    mrr_at_k,
+    next_version,
+    promote_embedded,
+    prune_cluster_indices,
+    prune_embedded,
+    version_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +345,7 @@ class Readapter:
                              promoted=decision.promoted, reason=decision.reason, index_version=index_version)
             self.store.put_run(record)
             pruned = self._prune()
-        except Exception as exc:  # recorded, then reported; the scheduler keeps going
+        except Exception as exc:  # noqa: BLE001  recorded and reported; the scheduler keeps going
             log.warning("adaptation v%d of %s failed: %s", version, self.target, exc)
             self.store.put_run(replace(record, status="failed", finished_at=self.clock(),
                                        error=f"{type(exc).__name__}: {exc}", reason="failed"))

@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day", 1, 31), ("month", 1, 12), ("weekday", 0, 6))
 _NAMES = {
-    "month": {n: i for i, n in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split(), 1)},
-    "weekday": {n: i for i, n in enumerate("sun mon tue wed thu fri sat".split())},
+    "month": {n: i for i, n in enumerate(["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1)},
+    "weekday": {n: i for i, n in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])},
 }
 _MACROS = {"@hourly": "0 * * * *", "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@weekly": "0 0 * * 0",
            "@monthly": "0 0 1 * *", "@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *"}
@@ -229,7 +229,7 @@ class Scheduler:
         self.log.started.append(self.clock())
         try:
             result = self.tick()
-        except Exception as exc:  # a failed tick must not end the schedule
+        except Exception as exc:  # noqa: BLE001  a failed tick must not end the schedule
             log.warning("scheduled run failed: %s: %s", type(exc).__name__, exc)
             self.log.errors.append(f"{type(exc).__name__}: {exc}")
             self.on_error(exc)

@@ -57,8 +57,8 @@ def decide_promotion(
 ) -> PromotionDecision:
     """Promote when nothing serves yet, or when ``new_mrr >= serving_mrr - tolerance``."""
     rule = f"promote if MRR@10(new) >= MRR@10(serving) - {tolerance:g} on held-out pseudo queries"
-    common = dict(rule=rule, new_mrr=new_mrr, serving_mrr=serving_mrr, tolerance=tolerance, queries=queries,
-                  new_version=new_version, serving_version=serving_version)
+    common: dict[str, Any] = {"rule": rule, "new_mrr": new_mrr, "serving_mrr": serving_mrr, "tolerance": tolerance,
+                              "queries": queries, "new_version": new_version, "serving_version": serving_version}
     if serving_mrr is None:
         return PromotionDecision(True, reason="no version serves yet", **common)
     if new_mrr >= serving_mrr - tolerance:

@@ -8,7 +8,6 @@ import json
 import click
 import pytest
 from click.testing import CliRunner
-
 from rgpl_adapt.cli_schedule import register
 
 
@@ -63,7 +62,7 @@ def test_readapt_adapts_then_skips_without_drift(group, first_run):
 
 
 def test_schedule_runs_one_tick(group, first_run):
-    out, args, _ = first_run
+    _, args, _ = first_run
     result = CliRunner().invoke(group, ["schedule", "--every", "6h", "--max-ticks", "0", *args])
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "scheduled every 21600s" in result.output and "skipped" in result.output

@@ -9,12 +9,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from rgpl_adapt.config import AdaptConfig
 from rgpl_adapt.readapt import GatedPublisher, Readapter, ReadaptSettings, fair_holdout
 from rgpl_adapt.records import Document, GeneratedQuery, read_jsonl
 from rgpl_adapt.scheduler import Schedule, Scheduler
 from rgpl_adapt.versions import PromotionDecision, rollback_embedded
+
 from tests.conftest import make_documents
 
 HOUR = 3600.0
@@ -36,8 +36,7 @@ class FakeClock:
 
 def write_corpus(path: Path, docs: list[Document]) -> None:
     with open(path, "w") as fh:
-        for d in docs:
-            fh.write(json.dumps({"_id": d.id, "title": d.title, "text": d.text}) + "\n")
+        fh.writelines(json.dumps({"_id": d.id, "title": d.title, "text": d.text}) + "\n" for d in docs)
 
 
 def tiny_config(corpus: Path, t5: Path, ce: Path, student: Path) -> AdaptConfig:
@@ -89,7 +88,7 @@ def scheduled(tmp_path_factory, documents, tiny_t5, tiny_cross_encoder, tiny_stu
 
 
 def test_scheduled_ticks_adapt_skip_and_readapt(scheduled):
-    readapter, log, root, clock, _, _ = scheduled
+    readapter, log, root, _, _, _ = scheduled
     assert not log.errors
     actions = [o.action for o in log.results]
     assert actions == ["promoted", "skipped", "promoted"], [(o.action, o.reason) for o in log.results]
@@ -106,7 +105,7 @@ def test_scheduled_ticks_adapt_skip_and_readapt(scheduled):
 
 
 def test_second_version_is_warm_started_and_reuses_queries(scheduled):
-    readapter, log, root, _, old_docs, new_docs = scheduled
+    readapter, _, root, _, old_docs, _ = scheduled
     v1, v2 = root / "versions" / "v0001", root / "versions" / "v0002"
     cfg2 = json.loads((v2 / "config.json").read_text())
     assert cfg2["training"]["student"] == str(v1 / "export" / "sentence-transformers")
@@ -161,7 +160,7 @@ def test_rejected_version_keeps_serving_is_pruned_and_rollback(scheduled):
 
 
 def test_a_second_concurrent_run_is_refused(scheduled):
-    readapter, _, _, clock, _, _ = scheduled
+    readapter, _, _, _, _, _ = scheduled
     lease = readapter.store.acquire(readapter.target, "other-host:9", 600)
     try:
         outcome = readapter.run_once(force=True)

@@ -8,8 +8,15 @@ import json
 import threading
 
 import pytest
+from rgpl_adapt.state import (
+    FileStateStore,
+    IndexStateStore,
+    LockHeldError,
+    RunRecord,
+    ServingRecord,
+    hold_lock,
+)
 
-from rgpl_adapt.state import (FileStateStore, IndexStateStore, LockHeldError, RunRecord, ServingRecord, hold_lock)
 from tests.plugin.conftest import osmem  # noqa: F401  (session fixture: an osmem-server)
 from tests.plugin.spec import OpenSearchSpec, parse_body
 
@@ -60,10 +67,9 @@ def exercise_lock(store, clock: Clock) -> None:
     assert store.current_lease("docs").holder == "host-b:2"
     store.release(b)
     assert store.current_lease("docs") is None
-    with hold_lock(store, "docs", holder="host-c:3", ttl_s=60):
-        with pytest.raises(LockHeldError, match="host-c:3"):
-            with hold_lock(store, "docs", holder="host-d:4"):
-                pass
+    with hold_lock(store, "docs", holder="host-c:3", ttl_s=60), pytest.raises(LockHeldError, match="host-c:3"), \
+            hold_lock(store, "docs", holder="host-d:4"):
+        pass
     assert store.current_lease("docs") is None
 
 
