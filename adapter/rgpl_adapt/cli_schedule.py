@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -247,13 +246,13 @@ def _status_command(out: str | None, index_name: str | None, as_json: bool, no_d
         return
     serving = info["serving"]
     click.echo(f"target:  {info['target']}")
-    click.echo(f"serving: " + (f"v{serving['version']} since {_fmt_time(serving['since'])} ({serving['run_dir']}"
+    click.echo("serving: " + (f"v{serving['version']} since {_fmt_time(serving['since'])} ({serving['run_dir']}"
                                + (f", index {serving['index_version']}" if serving.get("index_version") else "") + ")"
                                if serving else "nothing yet"))
     if "alias" in info:
         click.echo(f"alias:   {info['alias']['state']} -> {', '.join(info['alias']['indices']) or '-'}")
     lock = info.get("lock")
-    click.echo(f"lock:    " + (f"held by {lock['holder']} until {_fmt_time(lock['expires_at'])}" if lock else "free"))
+    click.echo("lock:    " + (f"held by {lock['holder']} until {_fmt_time(lock['expires_at'])}" if lock else "free"))
     if "drift" in info:
         click.echo(f"drift:   {info['drift'].get('summary') or info['drift'].get('error')}")
     click.echo("runs:")

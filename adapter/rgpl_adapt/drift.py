@@ -90,7 +90,7 @@ def snapshot_digest(hashes: Mapping[str, str]) -> str:
     """One hash for a whole fingerprint snapshot (equal digests: identical documents)."""
     h = hashlib.sha256()
     for doc_id in sorted(hashes):
-        h.update(f"{doc_id}\t{hashes[doc_id]}\n".encode("utf-8"))
+        h.update(f"{doc_id}\t{hashes[doc_id]}\n".encode())
     return h.hexdigest()[:16]
 
 

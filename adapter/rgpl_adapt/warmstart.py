@@ -108,7 +108,13 @@ def seed_queries(
     """Pre-fill ``<run_dir>/queries/parts`` with reused + newly generated queries.
 
     Returns ``{"reused": n, "generated": n, "passages_generated": n}``."""
-    from rgpl_adapt.generation import GenerationStats, generate_queries, load_generator, plan_generation, query_key
+    from rgpl_adapt.generation import (
+        GenerationStats,
+        generate_queries,
+        load_generator,
+        plan_generation,
+        query_key,
+    )
 
     gc = cfg.generation
     selected, qpp = plan_generation(list(docs), gc, random.Random(gc.seed))

@@ -6,10 +6,18 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-
-from rgpl_adapt.drift import (compare_fingerprints, count_drift, doc_hash, fingerprints, since_drift,
-                              snapshot_digest, written_since_seqno, written_since_timestamp)
+from rgpl_adapt.drift import (
+    compare_fingerprints,
+    count_drift,
+    doc_hash,
+    fingerprints,
+    since_drift,
+    snapshot_digest,
+    written_since_seqno,
+    written_since_timestamp,
+)
 from rgpl_plugin.base import Document
+
 from tests.plugin.conftest import osmem  # noqa: F401  (session fixture)
 
 

@@ -6,10 +6,8 @@ from __future__ import annotations
 import calendar
 import os
 import signal
-import time
 
 import pytest
-
 from rgpl_adapt.scheduler import CronExpr, Schedule, Scheduler, parse_interval
 
 

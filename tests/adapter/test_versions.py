@@ -4,11 +4,21 @@ rollback, and pruning index versions only after the alias moved (osmem-server)."
 from __future__ import annotations
 
 import pytest
-
 from rgpl_adapt.state import FileStateStore, RunRecord
-from rgpl_adapt.versions import (decide_promotion, mrr_at_k, next_version, plan_retention, point_current,
-                                 promote_embedded, prune_cluster_indices, prune_embedded, rollback_embedded,
-                                 rollback_target, version_dir)
+from rgpl_adapt.versions import (
+    decide_promotion,
+    mrr_at_k,
+    next_version,
+    plan_retention,
+    point_current,
+    promote_embedded,
+    prune_cluster_indices,
+    prune_embedded,
+    rollback_embedded,
+    rollback_target,
+    version_dir,
+)
+
 from tests.plugin.conftest import osmem  # noqa: F401  (session fixture)
 
 
