@@ -648,5 +648,15 @@ def models(names: tuple[str, ...], cache: str | None, verbose: int) -> None:
         click.echo(f"{name}\t{path}\t{ROLES[name]}")
 
 
+def _register_extensions() -> None:
+    """Commands that live in their own modules (scheduling, reports)."""
+    from rgpl_adapt.cli_schedule import register as register_schedule
+
+    register_schedule(cli)
+
+
+_register_extensions()
+
+
 def main() -> None:
     cli()

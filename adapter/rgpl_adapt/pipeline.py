@@ -24,7 +24,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -239,13 +239,7 @@ class Pipeline:
         return list(read_jsonl(self.dir / "queries" / "queries.jsonl", GeneratedQuery))
 
     def _split(self, queries: list[GeneratedQuery]) -> tuple[list[GeneratedQuery], list[GeneratedQuery]]:
-        """Training queries and a held-out set (for the hybrid weight and periodic checks)."""
-        n_hold = min(HOLDOUT_MAX, len(queries) // 20)
-        rng = random.Random(self.cfg.training.seed)
-        order = list(range(len(queries)))
-        rng.shuffle(order)
-        hold = set(order[:n_hold])
-        return [q for i, q in enumerate(queries) if i not in hold], [q for i, q in enumerate(queries) if i in hold]
+        return holdout_split(queries, self.cfg.training.seed)
 
     def _stage_negatives(self, queries: list[GeneratedQuery]) -> list[NegativePool]:
         mc = self.cfg.mining
@@ -404,6 +398,18 @@ class Pipeline:
         (self.dir / "report.json").write_text(json.dumps(self.report, indent=2, default=str))
         onnx_dir = export_dir / "onnx" if (export_dir / "onnx").exists() else None
         return AdaptResult(self.dir, export_dir / "sentence-transformers", onnx_dir, self.report)
+
+
+def holdout_split(queries: Sequence[GeneratedQuery], seed: int) -> tuple[list[GeneratedQuery], list[GeneratedQuery]]:
+    """Training queries and a held-out set (at most 200, 5%) for the hybrid weight and promotion checks.
+
+    Deterministic for (queries, seed): re-adaptation uses it to compare models on the same queries.
+    """
+    n_hold = min(HOLDOUT_MAX, len(queries) // 20)
+    order = list(range(len(queries)))
+    random.Random(seed).shuffle(order)
+    hold = set(order[:n_hold])
+    return [q for i, q in enumerate(queries) if i not in hold], [q for i, q in enumerate(queries) if i in hold]
 
 
 def load_encoder(export_dir: str | os.PathLike, prefer_onnx: bool = True):

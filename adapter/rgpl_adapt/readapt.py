@@ -161,7 +161,7 @@ def encoder_mrr(encoder: Any, docs: Sequence[Document], held_out: Sequence[Gener
 def fair_holdout(new_queries: Sequence[GeneratedQuery], serving_queries: Sequence[GeneratedQuery],
                  seed: int) -> tuple[list[GeneratedQuery], str]:
     """The new run's held-out queries minus those the serving model trained on (reused queries)."""
-    from rgpl_adapt.warmstart import holdout_split
+    from rgpl_adapt.pipeline import holdout_split
 
     _, held = holdout_split(new_queries, seed)
     if not serving_queries:

@@ -10,7 +10,7 @@ Nothing here changes :mod:`rgpl_adapt.pipeline`; it prepares what the pipeline r
   generated ones for new and changed documents. The stage then reuses the parts and generates
   nothing. :func:`queries_upstream` computes the stage's upstream fingerprint exactly as the
   pipeline does (it must match, or the stage discards the parts: then it simply regenerates all).
-* :func:`holdout_split`: the pipeline's train / held-out split of the pseudo queries.
+* :func:`holdout_split` (from :mod:`rgpl_adapt.pipeline`): the train / held-out split of the pseudo queries.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from rgpl_adapt.records import Document, GeneratedQuery, read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 
-HOLDOUT_MAX = 200  # as rgpl_adapt.pipeline.HOLDOUT_MAX
 
 
 def warm_config(cfg: AdaptConfig, serving_model: str, *, steps: int | None = None) -> AdaptConfig:
@@ -52,15 +51,6 @@ def warm_config(cfg: AdaptConfig, serving_model: str, *, steps: int | None = Non
                          checkpoint_every=min(tc.checkpoint_every, n)),
         remine=replace(cfg.remine, every=every),
     )
-
-
-def holdout_split(queries: Sequence[GeneratedQuery], seed: int) -> tuple[list[GeneratedQuery], list[GeneratedQuery]]:
-    """Training and held-out queries, as ``Pipeline._split`` draws them (same seed, same sets)."""
-    n_hold = min(HOLDOUT_MAX, len(queries) // 20)
-    order = list(range(len(queries)))
-    random.Random(seed).shuffle(order)
-    hold = set(order[:n_hold])
-    return [q for i, q in enumerate(queries) if i not in hold], [q for i, q in enumerate(queries) if i in hold]
 
 
 def read_queries(run_dir: str | Path) -> list[GeneratedQuery]:
