@@ -3,6 +3,11 @@
 The reference GPL code left the student in eval mode after encoding the corpus for remining,
 which silently disables dropout for the rest of training. :func:`encode_texts` always puts the
 model back in the mode it found it in.
+
+``autocast_bf16=True`` runs the forward pass under bfloat16 autocast (vectors are returned as
+float32). On CPUs with AVX512-bf16/AMX it encodes about 1.5x faster (bench/encode_speed.py); the
+vectors move slightly (cosine to fp32 about 0.999), so top-k neighbours can change at the margin:
+bench/remine_cost.py measures the overlap of bf16 and fp32 remined negatives.
 """
 
 from __future__ import annotations
@@ -45,19 +50,22 @@ def encode_texts(
     normalize: bool = False,
     progress: ProgressFactory = silent,
     desc: str = "encoding",
+    autocast_bf16: bool = False,
 ) -> np.ndarray:
     """Encode ``texts`` with ``model`` in length-sorted batches; returns float32 (len(texts), dim).
 
-    The model's training mode is restored afterwards, whatever it was.
+    The model's training mode is restored afterwards, whatever it was. ``autocast_bf16`` runs the
+    forward pass under bfloat16 autocast on the model's device (faster on CPUs with bf16 units).
     """
     import torch
 
     was_training = model.training
     order = np.argsort([-len(t) for t in texts], kind="stable")
     out = np.empty((len(texts), embedding_dim(model)), dtype=np.float32)
+    autocast = torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=autocast_bf16)
     model.eval()
     try:
-        with progress(total=len(texts), desc=desc, unit="text") as bar, torch.inference_mode():
+        with progress(total=len(texts), desc=desc, unit="text") as bar, torch.inference_mode(), autocast:
             for start in range(0, len(texts), batch_size):
                 idx = order[start : start + batch_size]
                 emb = model(features(model, [texts[i] for i in idx]))["sentence_embedding"]
@@ -73,9 +81,12 @@ def encode_texts(
 class SentenceTransformerEncoder:
     """:class:`TextEncoder` over a sentence-transformers model (torch)."""
 
-    def __init__(self, model: SentenceTransformer, *, normalize: bool = False) -> None:
+    def __init__(self, model: SentenceTransformer, *, normalize: bool = False, autocast_bf16: bool = False) -> None:
         self.model = model
         self.normalize = normalize
+        self.autocast_bf16 = autocast_bf16
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, progress: ProgressFactory = silent) -> np.ndarray:
-        return encode_texts(self.model, texts, batch_size, normalize=self.normalize, progress=progress)
+        return encode_texts(
+            self.model, texts, batch_size, normalize=self.normalize, progress=progress, autocast_bf16=self.autocast_bf16
+        )

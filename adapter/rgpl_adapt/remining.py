@@ -49,15 +49,18 @@ def remine(
     normalize: bool = False,
     batch_size: int = 128,
     progress: ProgressFactory = silent,
+    autocast_bf16: bool = False,
 ) -> RemineResult:
     """Encode the corpus with ``student``, search it for every query, return the new pools.
 
     ``normalize`` must be True when training with cosine similarity, so that the backend's
     inner-product search ranks by cosine. The student's train/eval mode is restored.
+    ``autocast_bf16`` encodes under bfloat16 autocast (see :func:`rgpl_adapt.encoding.encode_texts`).
     """
     space = space_name(round_index)
     doc_vecs = encode_texts(
-        student, doc_texts, batch_size, normalize=normalize, progress=progress, desc=f"remine r{round_index}: corpus"
+        student, doc_texts, batch_size, normalize=normalize, progress=progress, desc=f"remine r{round_index}: corpus",
+        autocast_bf16=autocast_bf16,
     )
     backend.drop_vectors(space)
     for start in range(0, len(doc_ids), 10_000):
@@ -70,6 +73,7 @@ def remine(
         normalize=normalize,
         progress=progress,
         desc=f"remine r{round_index}: queries",
+        autocast_bf16=autocast_bf16,
     )
     pools = remine_pools(queries, backend, space, q_vecs, k)
     backend.drop_vectors(space)

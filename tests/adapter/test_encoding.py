@@ -31,3 +31,20 @@ def test_length_sorted_batches_keep_input_order(model):
 def test_normalize_gives_unit_vectors(model):
     vecs = SentenceTransformerEncoder(model, normalize=True).encode(["one text", "another one"])
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+
+
+def test_bf16_autocast_is_close_to_fp32_and_float32(model):
+    """bf16 autocast moves vectors only slightly, returns float32, and restores the mode."""
+    import torch
+
+    texts = ["vitamin d and bone fractures in the elderly", "tumor growth", "heart artery blood pressure study"]
+    model.train()
+    fp32 = encode_texts(model, texts, batch_size=2)
+    bf16 = encode_texts(model, texts, batch_size=2, autocast_bf16=True)
+    assert model.training and bf16.dtype == np.float32 and bf16.shape == fp32.shape
+    assert not np.array_equal(bf16, fp32)  # the forward really ran in bfloat16
+    cos = np.sum(bf16 * fp32, axis=1) / (np.linalg.norm(bf16, axis=1) * np.linalg.norm(fp32, axis=1))
+    assert cos.min() > 0.99
+    assert not torch.is_autocast_cpu_enabled() if hasattr(torch, "is_autocast_cpu_enabled") else True
+    enc = SentenceTransformerEncoder(model, autocast_bf16=True).encode(texts)
+    np.testing.assert_allclose(enc, bf16, atol=1e-6)
