@@ -24,14 +24,14 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Sequence, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from rgpl_plugin.base import Backend, Document
 
-from rgpl_adapt.config import AdaptConfig
+from rgpl_adapt.config import AdaptConfig, config_hash
 from rgpl_adapt.devices import resolve_device
 from rgpl_adapt.distributed import DistInfo, barrier, init_distributed
 from rgpl_adapt.manifest import Manifest, invalidate, is_complete, read_manifest, write_manifest
@@ -103,8 +103,16 @@ class Pipeline:
         progress: ProgressFactory = silent,
         on_event: EventSink = _ignore,
         eval_data: tuple[dict[str, dict[str, int]], dict[str, str]] | None = None,
+        reuse_queries: Mapping[str, Sequence[GeneratedQuery]] | None = None,
     ) -> None:
-        """``eval_data`` = (qrels, queries) turns on periodic evaluation every ``training.eval_every`` steps."""
+        """``eval_data`` = (qrels, queries) turns on periodic evaluation every ``training.eval_every`` steps.
+
+        ``reuse_queries`` maps document ids to queries generated earlier (re-adaptation: documents
+        whose content did not change keep their queries; only the others get new ones).
+        """
+        self.reuse_queries = dict(reuse_queries or {})
+        reused = sorted((d, [q.qid for q in qs], [q.text for q in qs]) for d, qs in self.reuse_queries.items())
+        self._reuse_key = config_hash(reused) if reused else None
         self.cfg = cfg
         self.dir = Path(run_dir)
         self.eval_data = eval_data
@@ -195,14 +203,15 @@ class Pipeline:
             parts.mkdir(parents=True, exist_ok=True)
             # Parts finished before an interruption are reused, but only for the same settings.
             pending = stage_dir / "pending.json"
-            key = Manifest.for_inputs("queries-parts", upstream=self._upstream, gen=gc).fingerprint
+            key = Manifest.for_inputs("queries-parts", upstream=self._upstream, gen=gc, reused=self._reuse_key).fingerprint
             if not pending.exists() or json.loads(pending.read_text()).get("key") != key:
                 for old in parts.glob("part-*"):
                     old.unlink()
                 pending.write_text(json.dumps({"key": key}))
             chunk = max(gc.batch_size * 8, 256)
             generator = None
-            seen: set[str] = set()
+            reuse = self.reuse_queries
+            seen: set[str] = {query_key(q.text) for qs in reuse.values() for q in qs}
             total = GenerationStats()
             with self.progress(total=len(selected), desc="generating queries", unit="passage") as bar:
                 for i, start in enumerate(range(0, len(selected), chunk)):
@@ -213,9 +222,18 @@ class Pipeline:
                         seen.update(query_key(q.text) for q in read_jsonl(part, GeneratedQuery))
                         stats = GenerationStats(**json.loads(part_stats.read_text()))
                     else:
-                        if generator is None:
-                            generator = load_generator(gc, self.device)
-                        queries, stats = generate_queries(piece, generator, gc, qpp=qpp, seen=seen)
+                        fresh = [d for d in piece if d.id not in reuse]
+                        new: list[GeneratedQuery] = []
+                        stats = GenerationStats(passages=len(piece) - len(fresh), passages_used=len(piece) - len(fresh))
+                        if fresh:
+                            if generator is None:
+                                generator = load_generator(gc, self.device)
+                            new, fresh_stats = generate_queries(fresh, generator, gc, qpp=qpp, seen=seen)
+                            stats = stats.merged(fresh_stats)
+                        by_doc: dict[str, list[GeneratedQuery]] = {d.id: list(reuse[d.id]) for d in piece if d.id in reuse}
+                        for q in new:
+                            by_doc.setdefault(q.doc_id, []).append(q)
+                        queries = [q for d in piece for q in by_doc.get(d.id, [])]
                         write_jsonl(part, queries)
                         part_stats.write_text(json.dumps(stats.__dict__))
                     total = total.merged(stats)
@@ -226,8 +244,10 @@ class Pipeline:
                     f"query generation produced no usable query (dropped: {total.dropped}); check the generator model"
                 )
             n = write_jsonl(stage_dir / "queries.jsonl", merged)
+            n_reused = sum(len(reuse[d.id]) for d in selected if d.id in reuse)
             return {
                 "queries": n,
+                "reused": n_reused,
                 "passages": len(selected),
                 "queries_per_passage": qpp,
                 "generated": total.generated,
@@ -235,7 +255,7 @@ class Pipeline:
                 "passages_without_queries": total.passages_without_queries,
             }
 
-        self._stage("queries", {"generation": gc}, build)
+        self._stage("queries", {"generation": gc, "reused": self._reuse_key}, build)
         return list(read_jsonl(self.dir / "queries" / "queries.jsonl", GeneratedQuery))
 
     def _split(self, queries: list[GeneratedQuery]) -> tuple[list[GeneratedQuery], list[GeneratedQuery]]:

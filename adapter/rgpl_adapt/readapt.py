@@ -316,7 +316,7 @@ class Readapter:
                 hashes = fingerprints(docs)
             cfg = self._config_for(serving_dir)
             (run_dir).mkdir(parents=True, exist_ok=True)
-            reuse_info = self._seed(run_dir, cfg, docs, hashes, serving_run, serving_dir)
+            reuse = self._reusable(hashes, serving_run, serving_dir)
             decision_box: dict[str, PromotionDecision] = {}
 
             def decide(export_dir: Path) -> PromotionDecision:
@@ -324,7 +324,13 @@ class Readapter:
                                                    serving.version if serving else None)
                 return decision_box["d"]
 
-            result = self._run_pipeline(cfg, run_dir, sink, decide)
+            result = self._run_pipeline(cfg, run_dir, sink, decide, reuse)
+            q_stage = result.report["stages"].get("queries", {})
+            reuse_info = {
+                "reused": q_stage.get("reused", 0),
+                "generated": q_stage.get("queries", 0) - q_stage.get("reused", 0),
+                "passages_generated": q_stage.get("passages", 0) - len(reuse),
+            }
             decision = decision_box.get("d") or decide(result.run_dir / "export")
             (run_dir / "promotion.json").write_text(json.dumps(decision.to_dict(), indent=2))
             snapshot = {"documents": len(docs), "digest": snapshot_digest(hashes), "queries": reuse_info}
@@ -361,22 +367,15 @@ class Readapter:
 
         return warm_config(self.cfg, str(serving_dir / "export" / "sentence-transformers"), steps=self.settings.warm_steps)
 
-    def _seed(self, run_dir: Path, cfg: AdaptConfig, docs: list[Document], hashes: dict[str, str],
-              serving_run: RunRecord | None, serving_dir: Path | None) -> dict[str, Any]:
+    def _reusable(
+        self, hashes: dict[str, str], serving_run: RunRecord | None, serving_dir: Path | None
+    ) -> dict[str, list[GeneratedQuery]]:
+        """Queries of the serving version whose documents did not change (by content hash)."""
         if not self.settings.reuse_queries or serving_run is None or serving_dir is None:
-            return {"reused": 0}
-        from rgpl_adapt.devices import resolve_device
-        from rgpl_adapt.warmstart import queries_upstream, read_queries, reusable_queries, seed_queries
+            return {}
+        from rgpl_adapt.warmstart import read_queries, reusable_queries
 
-        reuse = reusable_queries(read_queries(serving_dir), self.store.snapshot(self.target, serving_run.version), hashes)
-        if not reuse:
-            return {"reused": 0}
-        if self.cluster is None:
-            upstream = queries_upstream(cfg)
-        else:  # the pipeline's ClusterBackend is named after the source backend
-            name = self._backend_name() + ("+local" if self.cluster.options.miner == "local" else "")
-            upstream = queries_upstream(cfg, docs, backend_name=name)
-        return seed_queries(run_dir, cfg, docs, reuse, upstream, device=resolve_device(cfg.device), progress=self.progress)
+        return reusable_queries(read_queries(serving_dir), self.store.snapshot(self.target, serving_run.version), hashes)
 
     def _backend_name(self) -> str:
         from rgpl_adapt.cluster import open_backend
@@ -388,11 +387,12 @@ class Readapter:
             backend.close()
 
     def _run_pipeline(self, cfg: AdaptConfig, run_dir: Path, sink: EventSink,
-                      decide: Callable[[Path], PromotionDecision]) -> Any:
+                      decide: Callable[[Path], PromotionDecision],
+                      reuse: dict[str, list[GeneratedQuery]] | None = None) -> Any:
         from rgpl_adapt.pipeline import Pipeline
 
         if self.cluster is None:
-            return Pipeline(cfg, run_dir, progress=self.progress, on_event=sink).run()
+            return Pipeline(cfg, run_dir, progress=self.progress, on_event=sink, reuse_queries=reuse).run()
         from rgpl_adapt.cluster import ClusterBackend, ClusterPublisher, default_version, open_backend
 
         opts = replace(self.cluster.options, version=self.cluster.options.version or default_version())
@@ -406,7 +406,7 @@ class Readapter:
         inner = ClusterPublisher(backend, opts, run_dir, progress=self.progress)
         try:
             return Pipeline(cfg, run_dir, backend=backend, publisher=GatedPublisher(inner, decide),
-                            progress=self.progress, on_event=sink).run()
+                            progress=self.progress, on_event=sink, reuse_queries=reuse).run()
         finally:
             backend.close()
 
