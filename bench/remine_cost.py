@@ -152,10 +152,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--teacher-seq-len", type=int, default=128)
     p.add_argument("--generator")
     p.add_argument("--generator-kind", default="auto", choices=["auto", "seq2seq", "causal"])
-    p.add_argument("--docs", type=int, default=None, help="sub-corpus size (cpu: 600; 0 = all)")
-    p.add_argument("--passages", type=int, default=32, help="passages that get a query (cpu scale)")
+    p.add_argument("--docs", type=int, default=None, help="sub-corpus size (cpu: 400; 0 = all)")
+    p.add_argument("--passages", type=int, default=24, help="passages that get a query (cpu scale)")
     p.add_argument("--gen-batch-size", type=int, default=8)
-    p.add_argument("--steps", type=int, default=None, help="training steps (cpu: 40)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (cpu: 24)")
     p.add_argument("--batch-size", type=int, default=None, help="cpu: 8")
     p.add_argument("--max-seq-len", type=int, default=128)
     p.add_argument("--k", type=int, default=10, help="negatives per source and per remining")
@@ -173,8 +173,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             args.teacher = args.teacher or models["teacher"]
             args.generator = args.generator or models["generator"]
         args.teacher_kind = args.teacher_kind or "bi-encoder"
-        args.docs = 600 if args.docs is None else args.docs
-        args.steps = args.steps or 40
+        args.docs = 400 if args.docs is None else args.docs
+        args.steps = args.steps or 24
         args.batch_size = args.batch_size or 8
     else:
         args.student = args.student or DEFAULT_STUDENT

@@ -17,7 +17,7 @@ def test_vs_gpl_runs_our_side_and_writes_gpl_inputs(bench, beir_dir, tmp_path, t
     def fake_gpl(data, out, args):
         seen["data"] = data
         shutil.copytree(tiny_student, out)  # "GPL's model": the zero-shot student
-        return {"negatives_s": 1.0, "labels_s": 2.0, "train_s": 4.0, "pairs_scored": 2 * args.steps * args.batch_size}
+        return {"negatives_s": 1.0, "labels_s": 2.0, "train_s": 4.0, "fit_s": 3.0, "pairs_scored": 2 * args.steps * args.batch_size}
 
     out = tmp_path / "v.json"
     res = vs_gpl.main([
