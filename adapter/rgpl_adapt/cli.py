@@ -650,9 +650,11 @@ def models(names: tuple[str, ...], cache: str | None, verbose: int) -> None:
 
 def _register_extensions() -> None:
     """Commands that live in their own modules (scheduling, reports)."""
+    from rgpl_adapt.cli_report import register as register_report
     from rgpl_adapt.cli_schedule import register as register_schedule
 
     register_schedule(cli)
+    register_report(cli)
 
 
 _register_extensions()

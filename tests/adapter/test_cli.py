@@ -123,3 +123,13 @@ def test_missing_model_error_says_to_pass_a_local_path(tmp_path, beir_dir):
     r = CliRunner().invoke(cli, ["--corpus", str(beir_dir), "--out", str(tmp_path / "r"), "--generator", "no-such/model-xyz", "--device", "cpu"])
     assert r.exit_code == 1
     assert "local path" in r.output
+
+
+def test_report_writes_one_html_file_from_a_real_run(adapted_run, beir_dir):
+    run, _ = adapted_run
+    CliRunner().invoke(cli, ["eval", "--run", str(run), "--qrels", str(beir_dir / "qrels" / "test.tsv")])
+    result = CliRunner().invoke(cli, ["report", "--run", str(run)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    html = (run / "report.html").read_text()
+    assert html.lstrip().lower().startswith("<!doctype html") and "<svg" in html
+    assert "hybrid" in html.lower() and "zero-shot" in html
