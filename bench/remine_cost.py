@@ -153,9 +153,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--generator")
     p.add_argument("--generator-kind", default="auto", choices=["auto", "seq2seq", "causal"])
     p.add_argument("--docs", type=int, default=None, help="sub-corpus size (cpu: 400; 0 = all)")
-    p.add_argument("--passages", type=int, default=24, help="passages that get a query (cpu scale)")
+    p.add_argument("--passages", type=int, default=16, help="passages that get a query (cpu scale)")
     p.add_argument("--gen-batch-size", type=int, default=8)
-    p.add_argument("--steps", type=int, default=None, help="training steps (cpu: 24)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (cpu: 16)")
     p.add_argument("--batch-size", type=int, default=None, help="cpu: 8")
     p.add_argument("--max-seq-len", type=int, default=128)
     p.add_argument("--k", type=int, default=10, help="negatives per source and per remining")
@@ -174,7 +174,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             args.generator = args.generator or models["generator"]
         args.teacher_kind = args.teacher_kind or "bi-encoder"
         args.docs = 400 if args.docs is None else args.docs
-        args.steps = args.steps or 24
+        args.steps = args.steps or 16
         args.batch_size = args.batch_size or 8
     else:
         args.student = args.student or DEFAULT_STUDENT

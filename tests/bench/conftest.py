@@ -28,3 +28,15 @@ def load_bench(name: str) -> ModuleType:
 @pytest.fixture(scope="session")
 def bench():
     return load_bench
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads; on a busy machine idle OpenMP threads spin and slow
+    every op down, so the smoke tests run torch on one thread (restored afterwards)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -36,6 +36,7 @@ def test_vs_gpl_runs_our_side_and_writes_gpl_inputs(bench, beir_dir, tmp_path, t
     assert not (data / "hard-negatives.jsonl").exists()  # GPL must mine itself, not skip the stage
     ours = res["ours"]
     assert ours["negatives_s"] > 0 and ours["pairs_scored"] > 0 and ours["train_s"] > 0
+    assert 0 < ours["teacher_load_s"] < ours["labels_s"]  # the lazily loaded teacher counts as labelling
     assert res["quality"]["gpl 0.1.4"] == res["quality"]["zero-shot"]  # the fake returned the student
     saved = json.loads(out.read_text())
     assert [r["stage"] for r in saved["table"]][:4] == ["negative mining", "pseudo-labelling", "training",
