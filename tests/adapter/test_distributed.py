@@ -2,7 +2,6 @@
 
 import socket
 
-import pytest
 import torch
 
 from rgpl_adapt.distributed import DistInfo, dist_info, shard
