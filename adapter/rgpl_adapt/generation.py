@@ -55,6 +55,7 @@ __all__ = [
     "clean_queries",
     "batch_seed",
     "validate_prompt",
+    "prompt_example_keys",
     "load_generator",
     "generate_queries",
 ]
@@ -318,6 +319,8 @@ def generate_queries(
             bar.update(len(idx))
 
     seen = seen if seen is not None else set()
+    # A prompted LM sometimes repeats one of its few-shot examples: never a query of this passage.
+    examples = getattr(generator, "example_keys", frozenset())
     records: list[GeneratedQuery] = []
     dropped: Counter[str] = Counter()
     empty = 0
@@ -327,6 +330,9 @@ def generate_queries(
         j = 0
         for query in kept:
             key = query_key(query)
+            if key in examples:
+                dropped["prompt_example"] += 1
+                continue
             if key in seen:
                 dropped["duplicate_across"] += 1
                 continue
@@ -462,6 +468,7 @@ class CausalLMGenerator(_HFGenerator):
     def __init__(self, model_name_or_path: str, device: str = "cpu", cfg: GenerationConfig | None = None) -> None:
         cfg = cfg or GenerationConfig()
         self.prompt = validate_prompt(cfg.prompt) if cfg.prompt is not None else DEFAULT_PROMPT
+        self.example_keys = prompt_example_keys(self.prompt)
         super().__init__(model_name_or_path, device, cfg)
         self.passage_budget = self._passage_budget()
         self._stop_ids = self._stop_token_ids()
@@ -535,6 +542,13 @@ class CausalLMGenerator(_HFGenerator):
         texts = self.tokenizer.batch_decode(outs[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         answers = [t.split("\n", 1)[0].strip() for t in texts]
         return [answers[i * n : (i + 1) * n] for i in range(len(passages))]
+
+
+def prompt_example_keys(prompt: str) -> frozenset[str]:
+    """:func:`query_key` of each example question written in a few-shot prompt ("Question: ..." lines)."""
+    return frozenset(
+        query_key(m.group(1)) for m in re.finditer(r"^\s*Question:[ \t]*(\S.*)$", prompt, flags=re.MULTILINE)
+    )
 
 
 def validate_prompt(prompt: str) -> str:

@@ -413,3 +413,21 @@ def test_gguf_without_the_package_says_what_to_install(tmp_path, monkeypatch):
     path.write_bytes(b"GGUF")
     with pytest.raises(ImportError, match=r"rgpl-adapt\[gguf\]"):
         load_generator(replace(SMALL, model=str(path)), "cpu")
+
+
+def test_prompt_examples_are_never_kept_as_queries(documents):
+    """Small causal LMs sometimes copy a few-shot example ("how tall is the eiffel tower"): drop it."""
+    from rgpl_adapt.generation import DEFAULT_PROMPT, prompt_example_keys
+
+    keys = prompt_example_keys(DEFAULT_PROMPT)
+    assert query_key("How tall is the Eiffel Tower?") in keys and len(keys) == 3
+
+    class Copycat:
+        example_keys = keys
+
+        def generate(self, passages, n, *, seed=None):
+            return [["how tall is the eiffel tower", f"what about {p.split()[0]} levels"] for p in passages]
+
+    queries, stats = generate_queries(documents[:3], Copycat(), GenerationConfig(batch_size=2), qpp=2)
+    assert stats.dropped.get("prompt_example") == 3
+    assert all("eiffel" not in q.text for q in queries) and len(queries) == 3
