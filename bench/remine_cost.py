@@ -99,7 +99,8 @@ def run_one(cfg, run_dir: Path) -> dict[str, Any]:
         "train_s": train.get("seconds"),
         "remine_s": rec.seconds("remine"),
         "label_s": rec.seconds("teacher scores"),
-        "loop_s": rec.seconds("training"),
+        # the "training" bar also spans labelling and remining: time the loop from its step rate
+        "loop_s": cfg.training.steps / rec.rate("training") if rec.rate("training") else float("nan"),
         "pairs_scored": rec.count("teacher scores"),
         "rounds": len(rounds),
         "churn": [r.get("churn") for r in rounds if r.get("churn") is not None],
