@@ -269,8 +269,16 @@ class Pipeline:
             from rgpl_adapt.mining import mine_negatives
             from rgpl_adapt.models import load_sentence_transformer
 
+            from rgpl_adapt.training import resolve_precision
+
+            bf16 = resolve_precision(self.cfg.training.precision, self.device) == "bf16"
             retrievers = [
-                (name, SentenceTransformerEncoder(load_sentence_transformer(name, self.device, mc.max_seq_len)))
+                (
+                    name,
+                    SentenceTransformerEncoder(
+                        load_sentence_transformer(name, self.device, mc.max_seq_len), autocast_bf16=bf16
+                    ),
+                )
                 for name in mc.retrievers
             ]
             pools = mine_negatives(

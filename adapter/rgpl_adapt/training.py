@@ -199,6 +199,8 @@ class Trainer:
                 normalize=self.tc.similarity == "cosine",
                 batch_size=self.cfg.remine.encode_batch_size,
                 progress=self.progress,
+                # bf16 re-encoding: 2.4x faster on AVX512-bf16 CPUs, top-10 overlap 0.993 (bench/remine_cost.py)
+                autocast_bf16=resolve_precision(self.tc.precision, self.device) == "bf16",
             )
             pools = result.pools
             info.update(churn=result.churn, remine_seconds=time.perf_counter() - t0)

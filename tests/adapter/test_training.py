@@ -115,3 +115,10 @@ def test_cosine_training_runs(tmp_path, backend, documents, tiny_student):
     cfg = small_config(tiny_student, steps=4, every=2, similarity="cosine")
     result = make_trainer(cfg, tmp_path / "train", backend, documents).run()
     assert result.steps == 4 and result.final_loss == result.final_loss  # not NaN
+
+
+def test_bf16_precision_trains_and_remines_on_cpu(tmp_path, backend, documents, tiny_student):
+    cfg = small_config(tiny_student, steps=4, every=2)
+    cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, precision="bf16"))
+    result = make_trainer(cfg, tmp_path / "train", backend, documents).run()
+    assert result.steps == 4 and len(result.rounds) == 2 and result.final_loss == result.final_loss
