@@ -255,7 +255,10 @@ class Pipeline:
                 "passages_without_queries": total.passages_without_queries,
             }
 
-        self._stage("queries", {"generation": gc, "reused": self._reuse_key}, build)
+        inputs: dict[str, Any] = {"generation": gc}
+        if self._reuse_key is not None:  # only then: runs without reuse keep their fingerprints
+            inputs["reused"] = self._reuse_key
+        self._stage("queries", inputs, build)
         return list(read_jsonl(self.dir / "queries" / "queries.jsonl", GeneratedQuery))
 
     def _split(self, queries: list[GeneratedQuery]) -> tuple[list[GeneratedQuery], list[GeneratedQuery]]:
