@@ -24,13 +24,10 @@ def _fmt_time(t: float | None) -> str:
 
 
 def _echo_event(event: str, info: dict[str, Any]) -> None:
-    stage = info.get("stage", "")
-    if event == "stage_started":
-        click.echo(f"[{stage}] running", err=True)
-    elif event == "stage_done":
-        click.echo(f"[{stage}] done", err=True)
-    elif event == "corpus_read":
-        click.echo(f"[corpus] {info.get('summary', '')}", err=True)
+    """The same stage messages as ``rgpl-adapt adapt`` (skips, rebuilds, progress)."""
+    from rgpl_adapt.cli import _echo_event as echo
+
+    echo(event, info)
 
 
 def readapt_options(fn: Any) -> Any:
