@@ -31,8 +31,30 @@ def load_sentence_transformer(name: str, device: str = "cpu", max_seq_len: int |
     except Exception as exc:  # noqa: BLE001 - library raises many kinds; we re-raise with a fix
         raise _explain(name, exc) from exc
     if max_seq_len is not None:
-        model.max_seq_length = max_seq_len
+        model.max_seq_length = min(max_seq_len, position_limit(model, max_seq_len))
     return model
+
+
+def position_limit(model, default: int) -> int:
+    """The longest input the model's position embeddings allow (``default`` when unknown).
+
+    Asking for a longer ``max_seq_len`` than this (e.g. 350 on a model with 128 positions)
+    would crash on the first long passage; the length is capped instead, with a log line.
+    """
+    import logging
+
+    try:
+        config = model[0].auto_model.config
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return default
+    limit = getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit <= 0:
+        return default
+    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        limit -= 2  # position ids start after the padding index
+    if limit < default:
+        logging.getLogger(__name__).info("max_seq_len %d capped at the model's %d positions", default, limit)
+    return limit
 
 
 def load_cross_encoder(name: str, device: str = "cpu", max_seq_len: int | None = None) -> CrossEncoder:
@@ -40,9 +62,12 @@ def load_cross_encoder(name: str, device: str = "cpu", max_seq_len: int | None =
 
     try:
         # num_labels=1: one raw logit per pair; activation identity: no sigmoid (GPL's margins are raw).
-        return CrossEncoder(str(name), device=device, max_length=max_seq_len, num_labels=1)
+        model = CrossEncoder(str(name), device=device, max_length=max_seq_len, num_labels=1)
     except Exception as exc:  # noqa: BLE001
         raise _explain(name, exc) from exc
+    if max_seq_len is not None:
+        model.max_seq_length = min(max_seq_len, position_limit(model, max_seq_len))
+    return model
 
 
 def is_cross_encoder(name: str) -> bool:

@@ -48,3 +48,13 @@ def test_bf16_autocast_is_close_to_fp32_and_float32(model):
     assert not torch.is_autocast_cpu_enabled() if hasattr(torch, "is_autocast_cpu_enabled") else True
     enc = SentenceTransformerEncoder(model, autocast_bf16=True).encode(texts)
     np.testing.assert_allclose(enc, bf16, atol=1e-6)
+
+
+def test_max_seq_len_is_capped_at_the_models_positions(tiny_student):
+    """--max-seq-len 350 on a model with 128 positions must not crash on long passages."""
+    from rgpl_adapt.models import load_sentence_transformer
+
+    model = load_sentence_transformer(str(tiny_student), "cpu", max_seq_len=350)
+    assert model.max_seq_length == 128
+    vecs = encode_texts(model, ["vitamin bone " * 300])
+    assert vecs.shape == (1, 32)
