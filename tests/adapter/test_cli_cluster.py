@@ -35,7 +35,7 @@ def spec():
     try:
         return OpenSearchSpec()
     except FileNotFoundError as exc:
-        pytest.skip(str(exc))
+        pytest.skip(f"the OpenSearch API spec (../shared/opensearch-api-spec) is not beside the repository: {exc}")
 
 
 def train_args(tiny_t5, tiny_cross_encoder, tiny_student, *extra) -> list[str]:

@@ -155,7 +155,7 @@ def test_index_store_requests_follow_the_spec(recording_client):
     try:
         spec = OpenSearchSpec()
     except FileNotFoundError as exc:
-        pytest.skip(str(exc))
+        pytest.skip(f"the OpenSearch API spec (../shared/opensearch-api-spec) is not beside the repository: {exc}")
     client, sent = recording_client
     clock = Clock()
     store = IndexStateStore(client, ".rgpl-state", clock=clock)

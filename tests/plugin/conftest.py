@@ -24,7 +24,7 @@ def spec() -> OpenSearchSpec:
     try:
         return OpenSearchSpec()
     except FileNotFoundError as exc:
-        pytest.skip(str(exc))
+        pytest.skip(f"the OpenSearch API spec (../shared/opensearch-api-spec) is not beside the repository: {exc}")
 
 
 # -- recording fake cluster ------------------------------------------------------------------------

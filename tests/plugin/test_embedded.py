@@ -252,7 +252,7 @@ def test_drop_vectors_and_errors(backend):
 
 
 def test_hnsw_agrees_with_exact(tmp_path, documents):
-    pytest.importorskip("usearch")
+    pytest.importorskip("usearch", reason="HNSW needs usearch (pip install 'rgpl-adapt[hnsw]'); the exact path is tested without it")
     rng = np.random.default_rng(1)
     n, dim = 3000, 32
     ids = [f"v{i}" for i in range(n)]
