@@ -212,17 +212,23 @@ class SubCorpus:
     note: str
 
 
+def read_beir_records(data: Path) -> dict[str, dict[str, Any]]:
+    """``{doc_id: record}`` of a BEIR ``corpus.jsonl``, records kept as they are."""
+    out: dict[str, dict[str, Any]] = {}
+    with open(data / "corpus.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                rec = json.loads(line)
+                out[str(rec["_id"])] = rec
+    return out
+
+
 def make_sub_corpus(data: Path, out: Path, size: int, seed: int = 42, split: str = "test") -> SubCorpus:
     """Every document judged relevant for a ``split`` query plus a seeded sample of the rest, up to
     ``size`` (``<= 0``: all), written as ``out/corpus.jsonl`` (+ queries.jsonl, qrels/<split>.tsv)."""
     from rgpl_adapt.evaluation import load_qrels, load_queries
 
-    records: dict[str, dict[str, Any]] = {}
-    with open(data / "corpus.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                rec = json.loads(line)
-                records[str(rec["_id"])] = rec
+    records = read_beir_records(data)
     qrels_all = load_qrels(data / "qrels" / f"{split}.tsv")
     queries_all = load_queries(data / "queries.jsonl")
     judged = {d for rels in qrels_all.values() for d, r in rels.items() if r > 0 and d in records}

@@ -45,23 +45,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from common import DEFAULT_DATA, read_beir_records  # bench/ is on sys.path when run as a script
+
 from rgpl_adapt.config import AdaptConfig
 from rgpl_adapt.evaluation import format_table, load_qrels, load_queries
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "scifact"
 SHARED_STAGES = ("queries", "negatives")
-
-
-def read_beir_corpus(data: Path) -> dict[str, dict[str, Any]]:
-    """``{doc_id: record}`` of a BEIR ``corpus.jsonl``, records kept as they are."""
-    out: dict[str, dict[str, Any]] = {}
-    with open(data / "corpus.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                rec = json.loads(line)
-                out[str(rec["_id"])] = rec
-    return out
 
 
 def sub_corpus(
@@ -233,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"no BEIR corpus at {data}/corpus.jsonl: pass --data DIR")
     qrels_all = load_qrels(data / "qrels" / f"{args.split}.tsv")
     queries_all = load_queries(data / "queries.jsonl")
-    corpus = read_beir_corpus(data)
+    corpus = read_beir_records(data)
     if args.fresh and args.work.exists():
         shutil.rmtree(args.work)
     args.work.mkdir(parents=True, exist_ok=True)
