@@ -26,6 +26,7 @@ from rgpl_plugin.errors import (
     BulkWriteError,
     FieldMappingError,
     PluginMissingError,
+    parse_version,
     require_version,
     translate,
 )
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 KNN_PLUGIN = "opensearch-knn"
 NEURAL_PLUGIN = "opensearch-neural-search"
+PIT_SHARD_DOC_SINCE = "3.3.0"
 _PIT_UNSUPPORTED = ("no handler found", "unrecognized", "invalid_index_name", "illegal_argument")
 
 
@@ -279,9 +281,19 @@ class OpenSearchBackend:
         if self.skipped:
             log.info("index %s: skipped documents %s", self.index, dict(self.skipped))
 
+    def pit_sort_supported(self) -> bool:
+        """``sort: ["_shard_doc"]`` with a PIT exists from OpenSearch 3.3. Below, ``_doc`` is a per-shard Lucene
+        id (``search_after`` on it skips documents of the other shards), so reads use a scroll sorted by ``_doc``
+        instead (a consistent snapshot too)."""
+        return parse_version(self.version()) >= parse_version(PIT_SHARD_DOC_SINCE)
+
     def _iter_hits(
         self, index: str, source: Any, batch_size: int, query: Mapping[str, Any]
     ) -> Iterator[dict[str, Any]]:
+        if not self.pit_sort_supported():
+            self.read_with = "scroll"
+            yield from self._scroll_hits(index, source, batch_size, query)
+            return
         try:
             pit = self.client.create_pit(index=index, params={"keep_alive": self.keep_alive})
         except Exception as exc:

@@ -49,7 +49,7 @@ class FakeCluster:
     answers are real inner products (scored as OpenSearch scores ``innerproduct``)."""
 
     docs: list[Document]
-    version: str = "2.19.1"
+    version: str = "3.3.0"  # PIT with _shard_doc (3.3+); 2.x clusters read with scroll
     plugins: tuple[str, ...] = ("opensearch-knn", "opensearch-neural-search")
     index: str = "corpus"
     exchanges: list[Exchange] = field(default_factory=list)
@@ -62,6 +62,11 @@ class FakeCluster:
         self.mappings: dict[str, dict] = {self.index: {"properties": {"title": {"type": "text"}, "text": {"type": "text"}}}}
 
     # helpers
+    def _scroll_page(self, index: str, start: int, size: int) -> dict:
+        ids = sorted(self.indices[index])[start:start + size]
+        page = [self._hit(index, i, None, None) for i in ids]
+        return {**self._result(page), "_scroll_id": f"{index}:{start + size}"}
+
     def _hit(self, index: str, doc_id: str, score: float | None, source: Any, sort: list | None = None) -> dict:
         hit: dict[str, Any] = {"_index": index, "_id": doc_id, "_score": score}
         if source is not False:
@@ -119,6 +124,11 @@ class FakeCluster:
             return 200, {"pits": [{"pit_id": p, "successful": True} for p in body["pit_id"]]}
         if parts[:2] == ["_search", "pipeline"]:
             return 200, {"acknowledged": True}
+        if parts == ["_search", "scroll"]:
+            if method == "DELETE":
+                return 200, {"succeeded": True, "num_freed": 1}
+            index, start = body["scroll_id"].split(":")
+            return 200, self._scroll_page(index, int(start), self._scroll_size)
         if parts == ["_search"]:  # PIT page
             index = body["pit"]["id"].split(":", 1)[1]
             ids = sorted(self.indices[index])
@@ -160,6 +170,9 @@ class FakeCluster:
             return 200, {"count": len(self.indices[index]), "_shards": SHARDS}
         if action == "_search" and len(parts) == 3:
             return 200, {"pit_id": f"pit:{index}", "_shards": SHARDS, "creation_time": 1}
+        if action == "_search" and "scroll" in params:
+            self._scroll_size = body["size"]
+            return 200, self._scroll_page(index, 0, body["size"])
         if action == "_search":
             return 200, self._search(index, body)
         if action == "_msearch":

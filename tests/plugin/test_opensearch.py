@@ -332,3 +332,16 @@ def test_document_without_title_field_and_detection_by_content(os_client):
     assert next(backend.iter_documents()) == Document(id="0", text=("a much longer note " * 5).strip())
     with pytest.raises(ValueError, match="text_fields"):
         OpenSearchBackend(os_client, "notes", title_field="summary")
+
+
+@pytest.mark.parametrize("version,expected", [("2.19.1", "scroll"), ("3.2.0", "scroll"), ("3.3.0", "pit")])
+def test_shard_doc_pit_sort_only_from_3_3_scroll_below(documents, version, expected):
+    """``sort: ["_shard_doc"]`` with a PIT is rejected before OpenSearch 3.3 (seen on the real 2.19 node:
+    search_phase_execution_exception); below, every document is read once with a ``_doc``-sorted scroll."""
+    cluster = FakeCluster(docs=documents, version=version)
+    backend = _backend(cluster)
+    got = list(backend.iter_documents(batch_size=7))
+    assert backend.read_with == expected
+    assert sorted(d.id for d in got) == sorted(d.id for d in documents)
+    sorts = [ex.body.get("sort") for ex in cluster.exchanges if isinstance(ex.body, dict) and "sort" in ex.body]
+    assert sorts and all(s == (["_shard_doc"] if expected == "pit" else ["_doc"]) for s in sorts)
