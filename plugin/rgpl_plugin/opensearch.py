@@ -36,6 +36,13 @@ log = logging.getLogger(__name__)
 KNN_PLUGIN = "opensearch-knn"
 NEURAL_PLUGIN = "opensearch-neural-search"
 PIT_SHARD_DOC_SINCE = "3.3.0"
+LUCENE_INNERPRODUCT_SINCE = "2.13.0"
+
+
+def choose_engine(version: str) -> str:
+    """``lucene`` where it supports ``innerproduct`` (k-NN 2.13+), else ``faiss``."""
+    return "lucene" if parse_version(version) >= parse_version(LUCENE_INNERPRODUCT_SINCE) else "faiss"
+
 _PIT_UNSUPPORTED = ("no handler found", "unrecognized", "invalid_index_name", "illegal_argument")
 
 
@@ -52,7 +59,7 @@ class OpenSearchBackend:
         id_field: a ``_source`` field holding the document id (default: ``_id``).
         query: a query (OpenSearch DSL) selecting the documents to adapt to.
         vector_field: name of the vector field in shadow and version indices.
-        engine: ``lucene`` (default) or ``faiss`` for the HNSW graphs.
+        engine: ``lucene`` or ``faiss`` for the HNSW graphs; default by version (:func:`choose_engine`).
         exact: score k-NN exactly with the ``knn_score`` script (small corpora).
         slice_id, slice_max: read only slice ``slice_id`` of ``slice_max`` (parallel readers).
         copy_text: copy the text fields into shadow indices (needed by :meth:`hybrid_search`).
@@ -70,7 +77,7 @@ class OpenSearchBackend:
         id_field: str | None = None,
         query: Mapping[str, Any] | None = None,
         vector_field: str = "rgpl_vector",
-        engine: str = "lucene",
+        engine: str | None = None,
         hnsw_m: int = 16,
         ef_construction: int = 100,
         exact: bool = False,
@@ -96,12 +103,13 @@ class OpenSearchBackend:
             self._owns_client = False
         if (slice_id is None) != (slice_max is None) or (slice_max is not None and not 0 <= slice_id < slice_max):
             raise ValueError("give both slice_id and slice_max with 0 <= slice_id < slice_max")
-        m.knn_vector_field(1, engine=engine)  # validates the engine name early
+        if engine is not None:
+            m.knn_vector_field(1, engine=engine)  # validates the engine name early
         self.index = index
         self.id_field = id_field
         self.query = dict(query) if query else None
         self.vector_field = vector_field
-        self.engine = engine
+        self._engine = engine
         self.hnsw_m, self.ef_construction = hnsw_m, ef_construction
         self.exact = exact
         self.slice = None if slice_max is None else {"id": int(slice_id), "max": int(slice_max)}
@@ -280,6 +288,15 @@ class OpenSearchBackend:
                 yield doc
         if self.skipped:
             log.info("index %s: skipped documents %s", self.index, dict(self.skipped))
+
+    @property
+    def engine(self) -> str:
+        """The HNSW engine: as given, else ``lucene`` from k-NN 2.13 (its first with lucene ``innerproduct``;
+        also the one engine a plugin without the faiss/nmslib JNI libraries, e.g. the Maven Central zip, has),
+        ``faiss`` below."""
+        if self._engine is None:
+            self._engine = choose_engine(self.version())
+        return self._engine
 
     def pit_sort_supported(self) -> bool:
         """``sort: ["_shard_doc"]`` with a PIT exists from OpenSearch 3.3. Below, ``_doc`` is a per-shard Lucene

@@ -82,6 +82,15 @@ def alias_state(client: Any, name: str) -> tuple[AliasState, list[str]]:
     return "absent", []
 
 
+ALIAS_PROPERTIES = ("filter", "index_routing", "search_routing", "is_write_index")
+
+
+def alias_properties(client: Any, alias: str, index: str) -> dict[str, Any]:
+    """What ``index`` carries under ``alias`` (filter, routing, is_write_index), to carry over on a swap."""
+    entry = _body(client.indices.get_alias(index=index, name=alias)).get(index, {}).get("aliases", {}).get(alias, {})
+    return {key: entry[key] for key in ALIAS_PROPERTIES if entry.get(key) is not None}
+
+
 def _takeover_refused(name: str) -> AliasSwapError:
     return AliasSwapError(
         f"{name!r} is a concrete index, not an alias. Serving a new version without downtime needs an alias "
@@ -121,9 +130,11 @@ def swap_alias(client: Any, alias: str, old_index: str | None, new_index: str, *
                 f"alias {alias!r} points at {current or 'nothing'}, not at {old_index!r}; someone else changed it. "
                 "Nothing was changed; check GET _alias/" + alias
             )
+        # the new index gets what the old one had under this alias (filter, routing, is_write_index);
+        # must_exist makes the call fail, changing nothing, if someone removed the alias meanwhile
         actions = [
-            {"remove": {"index": old_index, "alias": alias}},
-            {"add": {"index": new_index, "alias": alias}},
+            {"remove": {"index": old_index, "alias": alias, "must_exist": True}},
+            {"add": {"index": new_index, "alias": alias, **alias_properties(client, alias, old_index)}},
         ]
     client.indices.update_aliases(body={"actions": actions})
     log.info("alias %s: %s -> %s", alias, old_index, new_index)

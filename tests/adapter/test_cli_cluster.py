@@ -190,7 +190,7 @@ def test_fake_run_requests_follow_the_spec_and_never_write_the_user_index(fake_r
     assert swap == [
         {
             "actions": [
-                {"remove": {"index": "corpus-v0", "alias": "corpus"}},
+                {"remove": {"index": "corpus-v0", "alias": "corpus", "must_exist": True}},
                 {"add": {"index": "corpus-rgpl-v1", "alias": "corpus"}},
             ]
         }

@@ -345,3 +345,15 @@ def test_shard_doc_pit_sort_only_from_3_3_scroll_below(documents, version, expec
     assert sorted(d.id for d in got) == sorted(d.id for d in documents)
     sorts = [ex.body.get("sort") for ex in cluster.exchanges if isinstance(ex.body, dict) and "sort" in ex.body]
     assert sorts and all(s == (["_shard_doc"] if expected == "pit" else ["_doc"]) for s in sorts)
+
+
+@pytest.mark.parametrize("version,engine", [("2.11.1", "faiss"), ("2.12.0", "faiss"), ("2.13.0", "lucene"),
+                                            ("3.3.0", "lucene")])
+def test_engine_by_version_lucene_innerproduct_from_2_13(documents, version, engine):
+    cluster = FakeCluster(docs=documents, version=version)
+    backend = _backend(cluster)
+    assert backend.engine == engine
+    backend.put_vectors("dense", [d.id for d in documents[:3]], np.ones((3, 4), dtype=np.float32))
+    mapping = cluster.mappings["corpus-rgpl-shadow-dense"]["properties"]["rgpl_vector"]
+    assert mapping["method"]["engine"] == engine and mapping["method"]["space_type"] == "innerproduct"
+    assert _backend(FakeCluster(docs=documents, version=version), engine="lucene").engine == "lucene"  # as given

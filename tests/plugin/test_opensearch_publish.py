@@ -33,7 +33,7 @@ def test_publish_swaps_the_alias_in_one_call_and_rolls_back(aliased, documents, 
     assert (result.index, result.previous, result.documents, result.vectors) == (
         "corpus-rgpl-v1", "corpus-v0", len(documents), len(documents))
     assert alias_state(client, "corpus") == ("alias", ["corpus-rgpl-v1"])
-    assert calls == [{"actions": [{"remove": {"index": "corpus-v0", "alias": "corpus"}},
+    assert calls == [{"actions": [{"remove": {"index": "corpus-v0", "alias": "corpus", "must_exist": True}},
                                   {"add": {"index": "corpus-rgpl-v1", "alias": "corpus"}}]}]
     spec.validate_request("POST", "/_aliases", calls[0])
     served = client.get(index="corpus", id="d4")["_source"]
