@@ -82,8 +82,11 @@ def source(opensearch_node):
 
 
 def flow_args(minilm: str, tiny_t5: Path, out: Path, *extra: str) -> list[str]:
-    return ["--out", str(out), "--generator", str(tiny_t5), "--teacher", minilm, "--teacher-kind", "bi-encoder",
-            "--student", minilm, "--retriever", minilm, "--queries-per-passage", "1", "--max-queries", "12", "--steps", "4",
+    # the random-weight T5 writes word salad; a few new tokens keep its queries under the length filter
+    config = out.parent / f"{out.name}-config.json"
+    config.write_text(json.dumps({"generation": {"max_query_len": 6}}))
+    return ["--out", str(out), "--config", str(config), "--generator", str(tiny_t5), "--teacher", minilm, "--teacher-kind", "bi-encoder",
+            "--student", minilm, "--retriever", minilm, "--queries-per-passage", "1", "--max-queries", "16", "--steps", "4",
             "--batch-size", "8", "--remine-every", "2", "--max-seq-len", "64", "--checkpoint-every", "4",
             "--warmup-steps", "1", "--device", "cpu", "--scale", "cpu", "--no-onnx", *extra]
 
