@@ -109,10 +109,11 @@ def main() -> None:
             row["local_initial"] = local_round(unit(rng, n), queries)
             row["local_remine"] = local_round(unit(rng, n), queries)
             texts = [" ".join(rng.choice(WORDS, 4)) for _ in range(args.latency_queries)]
-            row["bm25_p50_ms"] = latency(lambda i: backend.bm25_search([texts[i]], 10), len(texts))
+            n_lat = len(texts)
+            row["bm25_p50_ms"] = latency(lambda i: backend.bm25_search([texts[i]], 10), n_lat)
             row["hybrid_p50_ms"] = latency(
-                lambda i: backend.hybrid_search("remine", [texts[i]], queries[i:i + 1], 10, weight=0.5), len(texts))
-            row["knn_p50_ms"] = latency(lambda i: backend.knn_search("remine", queries[i:i + 1], 10), len(texts))
+                lambda i: backend.hybrid_search("remine", [texts[i]], queries[i:i + 1], 10, weight=0.5), n_lat)
+            row["knn_p50_ms"] = latency(lambda i: backend.knn_search("remine", queries[i:i + 1], 10), n_lat)
             results["sizes"][n] = row
             print(json.dumps({n: row}, indent=1), flush=True)
             for space in ("initial", "remine"):
