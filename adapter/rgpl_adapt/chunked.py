@@ -29,7 +29,7 @@ from rgpl_adapt.distributed import DistInfo, dist_info
 from rgpl_adapt.encoding import TextEncoder
 from rgpl_adapt.progress import ProgressFactory, silent
 
-__all__ = ["ChunkedResult", "StoreReader", "encode_store"]
+__all__ = ["ChunkedResult", "StoreReader", "encode_store", "put_in_chunks"]
 
 DEFAULT_CHUNK = 65536
 
@@ -77,12 +77,12 @@ class ChunkedResult:
     skipped_chunks: int  # finished by an earlier call
 
 
-def _open_vectors(out: Path, n: int, dim: int, info: DistInfo) -> np.memmap:
+def _open_vectors(out: Path, n: int, dim: int, key: str, info: DistInfo) -> np.memmap:
     from numpy.lib.format import open_memmap
 
     path = out / "vectors.npy"
     meta = out / "meta.json"
-    want = {"count": n, "dim": dim}
+    want = {"count": n, "dim": dim, "key": key}
     if path.exists() and meta.exists() and json.loads(meta.read_text()) == want:
         return open_memmap(path, mode="r+")
     if not info.is_main:
@@ -101,6 +101,7 @@ def encode_store(
     out_dir: str | os.PathLike,
     *,
     dim: int,
+    key: str = "",
     chunk_size: int = DEFAULT_CHUNK,
     batch_size: int = 64,
     info: DistInfo | None = None,
@@ -108,7 +109,9 @@ def encode_store(
 ) -> ChunkedResult:
     """Encode every document of the store at ``index_dir`` into ``out_dir/vectors.npy``, resumably.
 
-    Peak memory: one chunk of texts and its vectors, plus the pages of the memory map in use.
+    ``key`` names what is encoded with what (e.g. the run's upstream fingerprint): finished
+    chunks are reused only under the same key, count and dimension, never mixed with vectors of
+    another model. Peak memory: one chunk of texts and its vectors, plus the pages of the memory map in use.
     Under torchrun, rank 0 must create the file before the others start (call it on rank 0
     first, then barrier, then on every rank); each rank then encodes its own chunks.
     """
@@ -118,7 +121,7 @@ def encode_store(
     reader = StoreReader(index_dir)
     try:
         n = reader.count()
-        vectors = _open_vectors(out, n, dim, info)
+        vectors = _open_vectors(out, n, dim, key, info)
         n_chunks = -(-n // chunk_size)
         mine = [c for c in range(n_chunks) if c % info.world == info.rank]
         todo = [c for c in mine if not (out / "done" / str(c)).exists()]
@@ -137,3 +140,17 @@ def encode_store(
     finally:
         reader.close()
     return ChunkedResult(out / "vectors.npy", n, dim, n_chunks, len(todo), len(mine) - len(todo))
+
+
+def put_in_chunks(backend, space: str, index_dir: str | os.PathLike, vectors: Path, chunk_size: int = 10_000) -> int:
+    """Add the memory-mapped ``vectors`` to ``backend``'s ``space`` by store order, a chunk at a time."""
+    vec = np.load(vectors, mmap_mode="r")
+    reader = StoreReader(index_dir)
+    try:
+        n = reader.count()
+        for start in range(0, n, chunk_size):
+            stop = min(n, start + chunk_size)
+            backend.put_vectors(space, reader.ids(start, stop), np.asarray(vec[start:stop]))
+    finally:
+        reader.close()
+    return n
