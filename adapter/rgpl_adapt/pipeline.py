@@ -381,9 +381,10 @@ class Pipeline:
 
             encoder = load_encoder(export_dir, self.cfg.export.onnx)
             self.backend.drop_vectors(DENSE_SPACE)
-            served = self.publisher.documents() if self.publisher is not None else docs
             n = 0
-            for chunk in batched(served, 10_000):  # streamed: a cluster index may not fit in memory
+            if self.publisher is None:  # every document of the store, in resumable chunks (rgpl_adapt.chunked)
+                n = self._encode_store(encoder, stage_dir)
+            for chunk in batched(self.publisher.documents() if self.publisher is not None else (), 10_000):
                 vecs = encoder.encode([d.full_text() for d in chunk], batch_size=64, progress=self.progress)
                 self.backend.put_vectors(DENSE_SPACE, [d.id for d in chunk], vecs)
                 n += len(chunk)
@@ -399,6 +400,15 @@ class Pipeline:
             inputs["publish"] = self.publisher.fingerprint()
         m = self._stage("serve", inputs, build)
         return m.outputs
+
+    def _encode_store(self, encoder, stage_dir: Path) -> int:
+        """Encode the embedded store chunk by chunk into stage_dir/vectors (a kill resumes), then serve them."""
+        from rgpl_adapt.chunked import encode_store, put_in_chunks
+
+        dim = int(encoder.encode(["dimension probe"], batch_size=1).shape[1])
+        res = encode_store(encoder, self.dir / "index", stage_dir / "vectors", dim=dim, key=self._upstream or "",
+                           info=DistInfo(), progress=self.progress)
+        return put_in_chunks(self.backend, DENSE_SPACE, self.dir / "index", res.path)
 
     # ------------------------------------------------------------------ public
     def run(self, *, resume: bool = False, restart: bool = False, stop_after: int | None = None) -> AdaptResult:

