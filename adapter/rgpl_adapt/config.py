@@ -55,10 +55,16 @@ class GenerationConfig:
 
 @dataclass(frozen=True)
 class MiningConfig:
-    """Initial hard negatives: top-k of each dense retriever plus BM25, positives excluded."""
+    """Initial hard negatives: top-k of each dense retriever (plus BM25 if asked), positives excluded.
+
+    ``similarity`` is how the miners rank: ``cosine`` (normalised embeddings), as GPL and R-GPL mine
+    (``score: [cos_sim, cos_sim]``), or ``dot``. The student's remining always ranks by dot product
+    (R-GPL). BM25 negatives are an addition of ours, off by default (neither reference uses them).
+    """
 
     retrievers: tuple[str, ...] = DEFAULT_RETRIEVERS
-    bm25: bool = True
+    similarity: Literal["cosine", "dot"] = "cosine"
+    bm25: bool = False
     k: int = 50
     encode_batch_size: int = 128
     max_seq_len: int = 350
@@ -71,7 +77,8 @@ class LabelConfig:
     teacher: str = DEFAULT_TEACHER
     kind: Literal["auto", "cross-encoder", "bi-encoder"] = "auto"
     batch_size: int = 64
-    max_seq_len: int = 350
+    max_seq_len: int = 350  # query and passage each truncated to this many tokens (GPL/R-GPL)
+    max_pair_len: int = 512  # the cross-encoder's (query, passage) input
 
 
 @dataclass(frozen=True)
