@@ -67,6 +67,8 @@ def _build_config(opts: dict[str, Any]) -> AdaptConfig:
         scale = "paper" if resolve_device(opts.get("device") or cfg.device).startswith("cuda") else "cpu"
     if scale == "cpu" and not opts.get("config"):
         cfg = cfg.cpu_sized()
+    elif scale == "paper" and not opts.get("config"):
+        cfg = cfg.paper()
 
     def set_(section: str, **values: Any) -> None:
         nonlocal cfg

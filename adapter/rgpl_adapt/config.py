@@ -44,7 +44,8 @@ class GenerationConfig:
     queries_per_passage: int | None = None  # None: GPL's rule max(3, ceil(250k / |C|))
     max_queries: int = 250_000  # large corpora are sampled down to this many queries
     batch_size: int = 32
-    max_input_len: int = 350
+    max_input_len: int = 512  # passage tokens given to the generator (BEIR's QGen truncates T5 input at 512)
+    extra_filters: bool = True  # drop < 2-word, > 32-word and cross-passage repeated queries (not in GPL)
     max_query_len: int = 64
     top_p: float = 0.95
     top_k: int = 25
@@ -163,6 +164,13 @@ class AdaptConfig:
             else:
                 kwargs[name] = value
         return cls(**kwargs)
+
+    def paper(self) -> AdaptConfig:
+        """The references' settings exactly: the paper's defaults without our extra query filters.
+
+        Differences that remain are listed in README ("Where we differ from the references").
+        """
+        return replace(self, generation=replace(self.generation, extra_filters=False))
 
     def cpu_sized(self) -> AdaptConfig:
         """Same algorithm, sized to finish in minutes on 2 CPU cores (a smoke-scale run)."""

@@ -129,3 +129,34 @@ def test_fp16_scheduler_does_not_step_when_the_scaler_skips():
     assert sched.last_epoch == 1, "the scheduler stepped although the optimizer did not"
     assert torch.equal(model.weight.detach(), weights)
     assert optimizer_step(model(torch.ones(1, 2)).sum(), model, opt, sched, None) is True and sched.last_epoch == 2
+
+
+def test_paper_scale_turns_off_the_extra_query_filters():
+    from rgpl_adapt.generation import filter_queries
+
+    cfg = AdaptConfig().paper()
+    assert cfg.generation.extra_filters is False and AdaptConfig().generation.extra_filters is True
+    assert AdaptConfig().generation.max_input_len == 512
+    raw = ["vitamin", " ".join(f"word{i}" for i in range(40)), "does vitamin d help"]
+    kept, dropped = filter_queries(raw, "passage text", extra=True)
+    assert kept == ["does vitamin d help"] and dropped == {"too_short": 1, "too_long": 1}
+    kept, dropped = filter_queries(raw, "passage text", extra=False)
+    assert len(kept) == 3 and not dropped
+
+
+def test_cross_passage_repeats_are_kept_without_extra_filters(tiny_t5):
+    from dataclasses import replace
+
+    from rgpl_adapt.generation import generate_queries
+    from rgpl_plugin.base import Document
+
+    class Same:
+        def generate(self, passages, n, seed=0):
+            return [["what is the same question"] for _ in passages]
+
+    docs = [Document(id=f"d{i}", text=f"passage {i}") for i in range(3)]
+    gc = AdaptConfig().generation
+    out, _ = generate_queries(docs, Same(), gc, qpp=1)
+    assert len(out) == 1
+    out, _ = generate_queries(docs, Same(), replace(gc, extra_filters=False), qpp=1)
+    assert [q.doc_id for q in out] == ["d0", "d1", "d2"]
