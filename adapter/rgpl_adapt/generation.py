@@ -173,7 +173,7 @@ def query_drop_reason(
     if extra and len(words) < 2:
         return "too_short"
     distinct = len(set(words))
-    if distinct == 1 or (len(words) >= 6 and distinct * 3 < len(words)):
+    if (distinct == 1 and len(words) > 1) or (len(words) >= 6 and distinct * 3 < len(words)):
         return "repeated"
     if len(words) >= 4:
         head = [w.casefold() for w in _WORD.findall(passage)[: len(words)]]
