@@ -18,8 +18,15 @@ SYSTEMS = ("bm25", "zero-shot", "adapted", "hybrid")
 ZERO_SHOT_SPACE = "zero-shot"
 
 
-def _as_results(qids: Sequence[str], hits: list[list[Hit]]) -> dict[str, dict[str, float]]:
-    return {qid: {h.doc_id: h.score for h in hs} for qid, hs in zip(qids, hits)}
+def _as_results(qids: Sequence[str], hits: list[list[Hit]], k: int | None = None) -> dict[str, dict[str, float]]:
+    """Results per query; with ``k``, the self-hit (doc id == query id) is dropped and the rest cut to k.
+
+    Searches ask for ``k + 1`` hits, so a query that finds itself still has ``k`` others, as BEIR's
+    ``ignore_identical_ids`` does (search k+1, drop the self-hit, cut to k).
+    """
+    if k is None:
+        return {qid: {h.doc_id: h.score for h in hs} for qid, hs in zip(qids, hits)}
+    return {qid: {h.doc_id: h.score for h in [h for h in hs if h.doc_id != qid][:k]} for qid, hs in zip(qids, hits)}
 
 
 def _encode_corpus_into(backend: Backend, space: str, encoder, progress: ProgressFactory) -> None:
@@ -65,17 +72,17 @@ def evaluate_run(
         _encode_corpus_into(backend, DENSE_SPACE, encoder, progress)
     for system in systems:
         if system == "bm25":
-            hits = backend.bm25_search(texts, k)
+            hits = backend.bm25_search(texts, k + 1)
         elif system == "zero-shot":
             base = SentenceTransformerEncoder(load_sentence_transformer(cfg.training.student, resolve_device(cfg.device), cfg.training.max_seq_len))
             if not backend.has_vectors(ZERO_SHOT_SPACE):
                 _encode_corpus_into(backend, ZERO_SHOT_SPACE, base, progress)
-            hits = backend.knn_search(ZERO_SHOT_SPACE, base.encode(texts, batch_size=64), k)
+            hits = backend.knn_search(ZERO_SHOT_SPACE, base.encode(texts, batch_size=64), k + 1)
         elif system == "adapted":
-            hits = backend.knn_search(DENSE_SPACE, qvecs, k)
+            hits = backend.knn_search(DENSE_SPACE, qvecs, k + 1)
         else:
-            hits = backend.hybrid_search(DENSE_SPACE, texts, qvecs, k, weight=hybrid_weight_of(run_dir))
-        table[system] = evaluate(_as_results(qids, hits), qrels)
+            hits = backend.hybrid_search(DENSE_SPACE, texts, qvecs, k + 1, weight=hybrid_weight_of(run_dir))
+        table[system] = evaluate(_as_results(qids, hits, k), qrels)
     return table
 
 
@@ -115,9 +122,9 @@ def make_training_evaluator(
         try:
             for start in range(0, len(doc_ids), 10_000):
                 backend.put_vectors(space, doc_ids[start : start + 10_000], vecs[start : start + 10_000])
-            hits = backend.knn_search(space, encode_texts(model, texts, batch_size, normalize=normalize), k)
+            hits = backend.knn_search(space, encode_texts(model, texts, batch_size, normalize=normalize), k + 1)
         finally:
             backend.drop_vectors(space)
-        return evaluate(_as_results(qids, hits), qrels)
+        return evaluate(_as_results(qids, hits, k), qrels)
 
     return evaluator

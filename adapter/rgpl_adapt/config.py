@@ -44,7 +44,8 @@ class GenerationConfig:
     queries_per_passage: int | None = None  # None: GPL's rule max(3, ceil(250k / |C|))
     max_queries: int = 250_000  # large corpora are sampled down to this many queries
     batch_size: int = 32
-    max_input_len: int = 350
+    max_input_len: int = 512  # passage tokens given to the generator (BEIR's QGen truncates T5 input at 512)
+    extra_filters: bool = True  # drop < 2-word, > 32-word and cross-passage repeated queries (not in GPL)
     max_query_len: int = 64
     top_p: float = 0.95
     top_k: int = 25
@@ -55,10 +56,16 @@ class GenerationConfig:
 
 @dataclass(frozen=True)
 class MiningConfig:
-    """Initial hard negatives: top-k of each dense retriever plus BM25, positives excluded."""
+    """Initial hard negatives: top-k of each dense retriever (plus BM25 if asked), positives excluded.
+
+    ``similarity`` is how the miners rank: ``cosine`` (normalised embeddings), as GPL and R-GPL mine
+    (``score: [cos_sim, cos_sim]``), or ``dot``. The student's remining always ranks by dot product
+    (R-GPL). BM25 negatives are an addition of ours, off by default (neither reference uses them).
+    """
 
     retrievers: tuple[str, ...] = DEFAULT_RETRIEVERS
-    bm25: bool = True
+    similarity: Literal["cosine", "dot"] = "cosine"
+    bm25: bool = False
     k: int = 50
     encode_batch_size: int = 128
     max_seq_len: int = 350
@@ -71,7 +78,8 @@ class LabelConfig:
     teacher: str = DEFAULT_TEACHER
     kind: Literal["auto", "cross-encoder", "bi-encoder"] = "auto"
     batch_size: int = 64
-    max_seq_len: int = 350
+    max_seq_len: int = 350  # query and passage each truncated to this many tokens (GPL/R-GPL)
+    max_pair_len: int = 512  # the cross-encoder's (query, passage) input
 
 
 @dataclass(frozen=True)
@@ -156,6 +164,13 @@ class AdaptConfig:
             else:
                 kwargs[name] = value
         return cls(**kwargs)
+
+    def paper(self) -> AdaptConfig:
+        """The references' settings exactly: the paper's defaults without our extra query filters.
+
+        Differences that remain are listed in README ("Where we differ from the references").
+        """
+        return replace(self, generation=replace(self.generation, extra_filters=False))
 
     def cpu_sized(self) -> AdaptConfig:
         """Same algorithm, sized to finish in minutes on 2 CPU cores (a smoke-scale run)."""

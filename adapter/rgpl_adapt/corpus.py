@@ -89,15 +89,17 @@ def _parse(line: bytes, cfg: CorpusConfig, lineno: int) -> Document | str:
         return "missing_id"
     if not isinstance(doc_id, (str, int)):
         return "missing_id"
-    if cfg.text_field not in obj or obj[cfg.text_field] is None:
-        return "missing_text"
-    text = obj[cfg.text_field]
-    if not isinstance(text, str):
-        return "non_string_text"
     title = obj.get(cfg.title_field) or ""
     if not isinstance(title, str):
         title = ""
-    if not text.strip():
+    text = obj.get(cfg.text_field)
+    if text is None:
+        if not title.strip():
+            return "missing_text"
+        text = ""  # a title-only document is kept, as BEIR keeps every document
+    if not isinstance(text, str):
+        return "non_string_text"
+    if not text.strip() and not title.strip():
         return "empty_text"
     if len(text) + len(title) > cfg.max_chars:
         return "huge"

@@ -145,7 +145,9 @@ def query_key(text: str) -> str:
     return " ".join(w.casefold() for w in _WORD.findall(text))
 
 
-def query_drop_reason(query: str, passage: str, *, max_words: int = DEFAULT_MAX_QUERY_WORDS) -> str | None:
+def query_drop_reason(
+    query: str, passage: str, *, max_words: int = DEFAULT_MAX_QUERY_WORDS, extra: bool = True
+) -> str | None:
     """Why a generated query is degenerate, or None when it is kept. Rules, in order:
 
     * ``"empty"``: nothing but whitespace;
@@ -158,6 +160,9 @@ def query_drop_reason(query: str, passage: str, *, max_words: int = DEFAULT_MAX_
       legitimate title-like queries and are kept);
     * ``"too_long"``: more than ``max_words`` words.
 
+    ``extra=False`` (``GenerationConfig.extra_filters``, off under ``--scale paper``) skips the rules
+    that GPL does not have: ``too_short`` and ``too_long``.
+
     ``query`` should already be whitespace-normalised (see :func:`filter_queries`).
     """
     if not query.strip():
@@ -165,22 +170,22 @@ def query_drop_reason(query: str, passage: str, *, max_words: int = DEFAULT_MAX_
     words = [w.casefold() for w in _WORD.findall(query)]
     if not words:
         return "no_words"
-    if len(words) < 2:
+    if extra and len(words) < 2:
         return "too_short"
     distinct = len(set(words))
-    if distinct == 1 or (len(words) >= 6 and distinct * 3 < len(words)):
+    if (distinct == 1 and len(words) > 1) or (len(words) >= 6 and distinct * 3 < len(words)):
         return "repeated"
     if len(words) >= 4:
         head = [w.casefold() for w in _WORD.findall(passage)[: len(words)]]
         if head == words:
             return "copies_passage"
-    if len(words) > max_words:
+    if extra and len(words) > max_words:
         return "too_long"
     return None
 
 
 def filter_queries(
-    raw: Sequence[str], passage: str, *, max_words: int = DEFAULT_MAX_QUERY_WORDS
+    raw: Sequence[str], passage: str, *, max_words: int = DEFAULT_MAX_QUERY_WORDS, extra: bool = True
 ) -> tuple[list[str], Counter[str]]:
     """Clean the raw queries of one passage; returns the kept ones and a count per drop reason.
 
@@ -194,7 +199,7 @@ def filter_queries(
     seen: set[str] = set()
     for text in raw:
         query = " ".join(str(text).split())
-        reason = query_drop_reason(query, passage, max_words=max_words)
+        reason = query_drop_reason(query, passage, max_words=max_words, extra=extra)
         if reason is None:
             key = query_key(query)
             if key in seen:
@@ -325,7 +330,7 @@ def generate_queries(
     dropped: Counter[str] = Counter()
     empty = 0
     for doc, text, queries in zip(selected, texts, raw):
-        kept, reasons = filter_queries(queries, text, max_words=max_words)
+        kept, reasons = filter_queries(queries, text, max_words=max_words, extra=cfg.extra_filters)
         dropped.update(reasons)
         j = 0
         for query in kept:
@@ -333,7 +338,7 @@ def generate_queries(
             if key in examples:
                 dropped["prompt_example"] += 1
                 continue
-            if key in seen:
+            if key in seen and cfg.extra_filters:
                 dropped["duplicate_across"] += 1
                 continue
             seen.add(key)

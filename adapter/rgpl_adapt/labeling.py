@@ -83,12 +83,15 @@ class CrossEncoderTeacher:
         device: str = "cpu",
         batch_size: int = 64,
         max_seq_len: int | None = 350,
+        max_pair_len: int | None = 512,
     ) -> None:
         from rgpl_adapt.models import load_cross_encoder
 
         self.name = model_name_or_path
         self.batch_size = batch_size
-        self.model = load_cross_encoder(model_name_or_path, device=device, max_seq_len=max_seq_len)
+        self.max_seq_len = max_seq_len
+        # as GPL and R-GPL: query and passage are each cut to max_seq_len tokens, the pair to 512
+        self.model = load_cross_encoder(model_name_or_path, device=device, max_seq_len=max_pair_len)
         if self.model.num_labels != 1:
             raise ValueError(
                 f"the teacher {model_name_or_path!r} has {self.model.num_labels} output labels; a relevance "
@@ -101,6 +104,7 @@ class CrossEncoderTeacher:
         _check_pairs(queries, passages)
         if not queries:
             return np.zeros(0, dtype=np.float32)
+        queries, passages = self._truncate(queries), self._truncate(passages)
         scores = self.model.predict(
             list(zip(queries, passages)),
             batch_size=self.batch_size,
@@ -109,6 +113,15 @@ class CrossEncoderTeacher:
             convert_to_numpy=True,
         )
         return np.asarray(scores, dtype=np.float32).reshape(len(queries))
+
+
+    def _truncate(self, texts: Sequence[str]) -> list[str]:
+        """Each text cut to ``max_seq_len`` tokens on its own (GPL's retokenisation), before pairing."""
+        if not self.max_seq_len:
+            return list(texts)
+        tok = self.model.tokenizer
+        ids = tok(list(texts), add_special_tokens=False, truncation=True, max_length=self.max_seq_len)["input_ids"]
+        return [text if len(i) < self.max_seq_len else tok.decode(i) for text, i in zip(texts, ids)]
 
 
 class BiEncoderTeacher:
@@ -191,7 +204,7 @@ def load_teacher(cfg: LabelConfig, device: str = "cpu") -> Teacher:
         kind = "cross-encoder" if is_cross_encoder(cfg.teacher) else "bi-encoder"
         logger.info("teacher %s is a %s", cfg.teacher, kind)
     if kind == "cross-encoder":
-        return CrossEncoderTeacher(cfg.teacher, device, cfg.batch_size, cfg.max_seq_len)
+        return CrossEncoderTeacher(cfg.teacher, device, cfg.batch_size, cfg.max_seq_len, cfg.max_pair_len)
     if kind == "bi-encoder":
         return BiEncoderTeacher(cfg.teacher, device, cfg.batch_size, cfg.max_seq_len)
     raise ValueError(f"unknown teacher kind {cfg.kind!r}; use auto, cross-encoder or bi-encoder")

@@ -1,7 +1,8 @@
 """Stage 4: hard negatives for each generated query, mined through the search backend.
 
-GPL (``gpl/toolkit/mine.py``) takes, for every pseudo query, the top-k passages of BM25 and of
-each of two dense retrievers, with the query's positive passage removed. The pool keeps the
+GPL (``gpl/toolkit/mine.py``) and R-GPL take, for every pseudo query, the top-k passages of each of
+two dense retrievers ranked by cosine similarity, with the query's positive passage removed. BM25
+negatives are an option of ours (``MiningConfig.bm25``), off by default. The pool keeps the
 sources apart (``negatives["bm25"]``, ``negatives["<retriever>"]``); training samples one
 negative from their union.
 

@@ -410,18 +410,35 @@ class Trainer:
             q, p, n = train_model(features(model, qs), features(model, ps), features(model, ns))
             loss = margin_mse(q, p, n, margins, self.tc.similarity)
         optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-        scheduler.step()
+        optimizer_step(loss, model, optimizer, scheduler, scaler)
         return float(loss.detach())
+
+
+def optimizer_step(loss, model, optimizer, scheduler, scaler) -> bool:
+    """Backward, clip to norm 1, optimizer and scheduler step; returns whether the optimizer stepped.
+
+    fp16 (``scaler`` set): when the scaler finds inf/NaN gradients it skips ``optimizer.step()`` and
+    lowers its scale; the scheduler then does not step either, so the schedule never runs ahead of
+    the steps actually taken.
+    """
+    import torch
+
+    if scaler is None:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        return True
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    scale_before = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    stepped = scaler.get_scale() >= scale_before
+    if stepped:
+        scheduler.step()
+    return stepped
 
 
 def _triplet_encoder_class():

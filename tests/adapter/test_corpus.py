@@ -36,11 +36,14 @@ def test_bad_records_are_counted_and_skipped(tmp_path):
             json.dumps({"_id": "1", "text": "duplicate"}),
             "",
             json.dumps({"_id": 6, "text": "int id ok", "title": None}),
+            json.dumps({"_id": "7", "title": "Title only, no text"}),
+            json.dumps({"_id": "8", "text": "  ", "title": "Title with empty text"}),
         ],
     )
     docs, stats = read_corpus(CorpusConfig(path=str(path), max_chars=100))
-    assert [d.id for d in docs] == ["1", "6"]
-    assert stats.read == 11
+    assert [d.id for d in docs] == ["1", "6", "7", "8"]  # title-only documents are kept, as BEIR does
+    assert docs[2].text == "" and docs[2].full_text().strip() == "Title only, no text"
+    assert stats.read == 13
     assert stats.skipped == {
         "undecodable": 2,
         "not_an_object": 1,
