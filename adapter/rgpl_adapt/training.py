@@ -414,14 +414,27 @@ class Trainer:
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            scaler.step(optimizer)
-            scaler.update()
+            stepped = scaler_step(scaler, optimizer)
         else:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-        scheduler.step()
+            stepped = True
+        if stepped:  # fp16: an overflow skips the optimizer step; the LR schedule must not advance either
+            scheduler.step()
         return float(loss.detach())
+
+
+def scaler_step(scaler, optimizer) -> bool:
+    """``scaler.step`` + ``update``; True when the optimizer really stepped (no inf/NaN gradients).
+
+    The scaler lowers its scale after a skipped step, so a smaller scale after ``update`` means the
+    step was skipped (the test torch's own AMP examples use to decide whether to step the scheduler).
+    """
+    before = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler.get_scale() >= before
 
 
 def _triplet_encoder_class():

@@ -122,3 +122,22 @@ def test_bf16_precision_trains_and_remines_on_cpu(tmp_path, backend, documents, 
     cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, precision="bf16"))
     result = make_trainer(cfg, tmp_path / "train", backend, documents).run()
     assert result.steps == 4 and len(result.rounds) == 2 and result.final_loss == result.final_loss
+
+
+
+def test_scaler_step_reports_a_skipped_fp16_step():
+    from rgpl_adapt.training import scaler_step
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
+    param = torch.nn.Parameter(torch.ones(1))
+    opt = torch.optim.SGD([param], lr=0.1)
+
+    def step(factor: float) -> bool:
+        opt.zero_grad()
+        scaler.scale((param * factor).sum()).backward()
+        return scaler_step(scaler, opt)
+
+    assert step(float("inf")) is False  # overflow: the optimizer step is skipped, the scale halved
+    assert float(param.detach()) == 1.0
+    assert step(1.0) is True
+    assert float(param.detach()) < 1.0
