@@ -91,7 +91,8 @@ def _build_config(opts: dict[str, Any]) -> AdaptConfig:
         batch_size=opts.get("gen_batch_size"),
     )
     retrievers = tuple(opts.get("retriever") or ())
-    set_("mining", retrievers=retrievers or None, bm25=False if opts.get("no_bm25") else None)
+    bm25 = True if opts.get("bm25_negatives") else (False if opts.get("no_bm25") else None)
+    set_("mining", retrievers=retrievers or None, bm25=bm25)
     set_("labels", teacher=opts.get("teacher"), kind=opts.get("teacher_kind"))
     set_(
         "training",
@@ -287,7 +288,8 @@ def _preflight_alias(settings: Any, options: Any, secrets: tuple[str, ...]) -> N
 @click.option("--max-queries", type=int, help="Sample passages so that at most this many queries are generated.")
 @click.option("--gen-batch-size", type=int)
 @click.option("--retriever", multiple=True, help="Dense retriever for initial negatives (repeatable).")
-@click.option("--no-bm25", is_flag=True, help="No BM25 negatives.")
+@click.option("--bm25-negatives", is_flag=True, help="Add BM25's top-k as negatives (GPL/R-GPL do not; off by default).")
+@click.option("--no-bm25", is_flag=True, help="No BM25 negatives (the default; kept for old scripts).")
 @click.option("--teacher", help="Cross-encoder (or bi-encoder) that labels margins.")
 @click.option("--teacher-kind", type=click.Choice(["auto", "cross-encoder", "bi-encoder"]))
 @click.option("--student", help="The bi-encoder to adapt (sentence-transformers).")

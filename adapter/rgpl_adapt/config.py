@@ -55,10 +55,15 @@ class GenerationConfig:
 
 @dataclass(frozen=True)
 class MiningConfig:
-    """Initial hard negatives: top-k of each dense retriever plus BM25, positives excluded."""
+    """Initial hard negatives: top-k of each dense retriever (plus BM25 if asked), positives excluded.
+
+    As GPL and R-GPL (``score: [cos_sim, cos_sim]``, ``normalize_embeddings=True``), the miners rank
+    by cosine; neither reference mines BM25 negatives, so ``bm25`` is off unless asked for.
+    """
 
     retrievers: tuple[str, ...] = DEFAULT_RETRIEVERS
-    bm25: bool = True
+    bm25: bool = False
+    similarity: Similarity = "cosine"  # of the miners; the student's remining ranks by its training similarity
     k: int = 50
     encode_batch_size: int = 128
     max_seq_len: int = 350

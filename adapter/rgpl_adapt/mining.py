@@ -1,9 +1,10 @@
 """Stage 4: hard negatives for each generated query, mined through the search backend.
 
-GPL (``gpl/toolkit/mine.py``) takes, for every pseudo query, the top-k passages of BM25 and of
-each of two dense retrievers, with the query's positive passage removed. The pool keeps the
-sources apart (``negatives["bm25"]``, ``negatives["<retriever>"]``); training samples one
-negative from their union.
+GPL (``gpl/toolkit/mine.py``) takes, for every pseudo query, the top-k passages of each of two
+dense retrievers by cosine similarity, with the query's positive passage removed; it mines no
+BM25 negatives (R-GPL neither). BM25's top-k can be added as an extra source (off by default,
+``--bm25-negatives``). The pool keeps the sources apart (``negatives["<retriever>"]``,
+``negatives["bm25"]``); training samples one negative from their union.
 
 Everything goes through the :class:`~rgpl_plugin.base.Backend` protocol, so the same code
 mines on the embedded index and on OpenSearch: a dense retriever's corpus vectors are written

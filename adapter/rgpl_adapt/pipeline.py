@@ -279,7 +279,9 @@ class Pipeline:
                 (
                     name,
                     SentenceTransformerEncoder(
-                        load_sentence_transformer(name, self.device, mc.max_seq_len), autocast_bf16=bf16
+                        load_sentence_transformer(name, self.device, mc.max_seq_len),
+                        normalize=mc.similarity == "cosine",
+                        autocast_bf16=bf16,
                     ),
                 )
                 for name in mc.retrievers
@@ -295,7 +297,8 @@ class Pipeline:
             )
             n = write_jsonl(stage_dir / "pools.jsonl", pools)
             empty = sum(1 for p in pools if not p.all_ids())
-            return {"pools": n, "empty_pools": empty, "sources": ["bm25"] * mc.bm25 + list(mc.retrievers)}
+            return {"pools": n, "empty_pools": empty, "sources": ["bm25"] * mc.bm25 + list(mc.retrievers),
+                    "similarity": mc.similarity}
 
         self._stage("negatives", {"mining": mc}, build)
         return list(read_jsonl(self.dir / "negatives" / "pools.jsonl", NegativePool))
