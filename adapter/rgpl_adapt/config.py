@@ -76,7 +76,8 @@ class LabelConfig:
     teacher: str = DEFAULT_TEACHER
     kind: Literal["auto", "cross-encoder", "bi-encoder"] = "auto"
     batch_size: int = 64
-    max_seq_len: int = 350
+    max_seq_len: int = 350  # query and passage each (GPL/R-GPL); a bi-encoder teacher: its max length
+    max_pair_len: int = 512  # a cross-encoder's (query, passage) pair
 
 
 @dataclass(frozen=True)

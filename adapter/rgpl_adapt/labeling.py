@@ -69,8 +69,34 @@ def _check_pairs(queries: Sequence[str], passages: Sequence[str]) -> None:
         )
 
 
+def truncate_tokens(tokenizer, texts: Sequence[str], max_tokens: int) -> list[str]:
+    """Each text cut to its first ``max_tokens`` tokens (no special tokens), as GPL's re-tokenizing.
+
+    GPL (``PseudoLabeler._retokenize``) truncates query and passage to 350 tokens *each* before the
+    cross-encoder sees the pair (which is then capped at the model's 512). With a fast tokenizer we
+    cut the original string at the last kept token's character offset, so the text is unchanged up
+    to there; otherwise we decode the kept tokens (GPL's way).
+    """
+    texts = list(texts)
+    if not texts:
+        return []
+    enc = tokenizer(
+        texts,
+        add_special_tokens=False,
+        truncation=True,
+        max_length=max_tokens,
+        return_offsets_mapping=bool(getattr(tokenizer, "is_fast", False)),
+    )
+    if "offset_mapping" in enc:
+        return [t[: offs[-1][1]] if offs else t for t, offs in zip(texts, enc["offset_mapping"])]
+    return tokenizer.batch_decode(enc["input_ids"], skip_special_tokens=True)
+
+
 class CrossEncoderTeacher:
     """A cross-encoder with one output label; its raw logit is the score.
+
+    Query and passage are each truncated to ``max_seq_len`` tokens (350), the pair to
+    ``max_pair_len`` (512), as GPL and R-GPL do.
 
     sentence-transformers' ``CrossEncoder.predict`` applies a sigmoid to single-label models by
     default (unless the model's config names another activation); we always pass an identity
@@ -83,12 +109,14 @@ class CrossEncoderTeacher:
         device: str = "cpu",
         batch_size: int = 64,
         max_seq_len: int | None = 350,
+        max_pair_len: int | None = 512,
     ) -> None:
         from rgpl_adapt.models import load_cross_encoder
 
         self.name = model_name_or_path
         self.batch_size = batch_size
-        self.model = load_cross_encoder(model_name_or_path, device=device, max_seq_len=max_seq_len)
+        self.segment_len = max_seq_len
+        self.model = load_cross_encoder(model_name_or_path, device=device, max_seq_len=max_pair_len)
         if self.model.num_labels != 1:
             raise ValueError(
                 f"the teacher {model_name_or_path!r} has {self.model.num_labels} output labels; a relevance "
@@ -101,6 +129,9 @@ class CrossEncoderTeacher:
         _check_pairs(queries, passages)
         if not queries:
             return np.zeros(0, dtype=np.float32)
+        if self.segment_len:
+            queries = truncate_tokens(self.model.tokenizer, queries, self.segment_len)
+            passages = truncate_tokens(self.model.tokenizer, passages, self.segment_len)
         scores = self.model.predict(
             list(zip(queries, passages)),
             batch_size=self.batch_size,
@@ -191,7 +222,7 @@ def load_teacher(cfg: LabelConfig, device: str = "cpu") -> Teacher:
         kind = "cross-encoder" if is_cross_encoder(cfg.teacher) else "bi-encoder"
         logger.info("teacher %s is a %s", cfg.teacher, kind)
     if kind == "cross-encoder":
-        return CrossEncoderTeacher(cfg.teacher, device, cfg.batch_size, cfg.max_seq_len)
+        return CrossEncoderTeacher(cfg.teacher, device, cfg.batch_size, cfg.max_seq_len, cfg.max_pair_len)
     if kind == "bi-encoder":
         return BiEncoderTeacher(cfg.teacher, device, cfg.batch_size, cfg.max_seq_len)
     raise ValueError(f"unknown teacher kind {cfg.kind!r}; use auto, cross-encoder or bi-encoder")
