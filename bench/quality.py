@@ -157,6 +157,19 @@ def stage_seconds(report: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def significance_of(per_query: dict[str, dict[str, float]], *, resamples: int, seed: int) -> dict[str, dict[str, float]]:
+    """Paired bootstrap (per-query nDCG@10) of each adapted system vs zero-shot, and R-GPL vs GPL."""
+    from significance import paired_bootstrap
+
+    pairs = [(s, "zero-shot") for s in per_query if s not in ("zero-shot", "BM25")]
+    pairs += [("R-GPL", "GPL"), ("R-GPL hybrid", "GPL hybrid")]
+    return {
+        f"{sys} vs {ref}": paired_bootstrap(per_query[ref], per_query[sys], resamples=resamples, seed=seed)
+        for sys, ref in pairs
+        if sys in per_query and ref in per_query
+    }
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from rgpl_adapt.config import DEFAULT_GENERATOR, DEFAULT_RETRIEVERS, DEFAULT_STUDENT, DEFAULT_TEACHER
 
@@ -185,6 +198,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=None, help="negatives per source and query, mining and remining (cpu: 10)")
     p.add_argument("--remine-every", type=int, default=None, help="R-GPL remining period (default steps/3 on cpu)")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--resamples", type=int, default=10_000, help="paired bootstrap resamples")
     p.add_argument("--device", default="auto")
     p.add_argument("--fresh", action="store_true", help="delete the run folders first (default: reuse finished stages)")
     args = p.parse_args(argv)
@@ -259,15 +273,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     table: dict[str, dict[str, float]] = {}
     eval_seconds: dict[str, float] = {}
+    per_query: dict[str, dict[str, float]] = {}
     t0 = time.perf_counter()
-    base = evaluate_run(runs["R-GPL"], qrels, queries, systems=("bm25", "zero-shot"), progress=tqdm_progress)
+    pq: dict[str, dict[str, float]] = {}
+    base = evaluate_run(runs["R-GPL"], qrels, queries, systems=("bm25", "zero-shot"), progress=tqdm_progress, per_query=pq)
     eval_seconds["bm25+zero-shot"] = round(time.perf_counter() - t0, 1)
     table["BM25"], table["zero-shot"] = base["bm25"], base["zero-shot"]
+    per_query["BM25"], per_query["zero-shot"] = pq["bm25"], pq["zero-shot"]
     for name in ("GPL", "R-GPL"):
         t0 = time.perf_counter()
-        res = evaluate_run(runs[name], qrels, queries, systems=("adapted", "hybrid"), progress=tqdm_progress)
+        pq = {}
+        res = evaluate_run(runs[name], qrels, queries, systems=("adapted", "hybrid"), progress=tqdm_progress, per_query=pq)
         eval_seconds[name] = round(time.perf_counter() - t0, 1)
         table[name], table[f"{name} hybrid"] = res["adapted"], res["hybrid"]
+        per_query[name], per_query[f"{name} hybrid"] = pq["adapted"], pq["hybrid"]
+    significance = significance_of(per_query, resamples=args.resamples, seed=args.seed)
     for name in ("GPL", "R-GPL"):
         table[name] = {**table[name], "wall_s": round(wall[name], 1)}
 
@@ -283,6 +303,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "config_rgpl": cfg_rgpl.to_dict(),
         "sharing": "GPL reuses R-GPL's queries/, negatives/ and teacher score cache (same manifests, same seed)",
         "metrics": table,
+        "significance": significance,
+        "per_query_ndcg@10": per_query,
         "wall_seconds": {k: round(v, 1) for k, v in wall.items()},
         "stage_seconds": {k: stage_seconds(r) for k, r in reports.items()},
         "eval_seconds": eval_seconds,
@@ -298,6 +320,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"{len(queries)} test queries; {cfg_rgpl.training.steps} steps at batch {cfg_rgpl.training.batch_size} "
           f"for both GPL and R-GPL (remine every {cfg_rgpl.remine.every})")
     print(format_table(table))
+    for pair, res in significance.items():
+        print(f"{pair}: nDCG@10 diff {res['diff']:+.4f}, paired bootstrap p = {res['p']:.4f} ({res['queries']} queries)")
     for r in result["rounds"]["R-GPL"]:
         if "churn" in r:
             print(f"R-GPL round {r['round']} (step {r['start_step']}): churn {r['churn']:.3f}, "

@@ -45,12 +45,16 @@ def evaluate_run(
     backend: Backend | None = None,
     k: int = 100,
     progress: ProgressFactory = silent,
+    per_query: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Metrics (nDCG@10, Recall@100, MRR@10) per system for the queries that have qrels."""
+    """Metrics (nDCG@10, Recall@100, MRR@10) per system for the queries that have qrels.
+
+    ``per_query``, when given, is filled with ``{system: {qid: nDCG@10}}`` (for significance tests).
+    """
     import json
 
     from rgpl_adapt.encoding import SentenceTransformerEncoder
-    from rgpl_adapt.evaluation import evaluate
+    from rgpl_adapt.evaluation import evaluate, evaluate_per_query
     from rgpl_adapt.models import load_sentence_transformer
     from rgpl_adapt.pipeline import DENSE_SPACE, PipelineError, hybrid_weight_of, load_encoder, open_embedded
 
@@ -83,6 +87,9 @@ def evaluate_run(
         else:
             hits = backend.hybrid_search(DENSE_SPACE, texts, qvecs, k + 1, weight=hybrid_weight_of(run_dir))
         table[system] = evaluate(_as_results(qids, hits, k), qrels)
+        if per_query is not None:
+            scores = evaluate_per_query(_as_results(qids, hits, k), qrels, ("ndcg@10",))
+            per_query[system] = {q: v["ndcg@10"] for q, v in scores.items()}
     return table
 
 

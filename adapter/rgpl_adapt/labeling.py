@@ -69,8 +69,34 @@ def _check_pairs(queries: Sequence[str], passages: Sequence[str]) -> None:
         )
 
 
+def truncate_tokens(tokenizer, texts: Sequence[str], max_tokens: int) -> list[str]:
+    """Each text cut to its first ``max_tokens`` tokens (no special tokens), as GPL's re-tokenizing.
+
+    GPL (``PseudoLabeler._retokenize``) truncates query and passage to 350 tokens *each* before the
+    cross-encoder sees the pair (which is then capped at the model's 512). With a fast tokenizer we
+    cut the original string at the last kept token's character offset, so the text is unchanged up
+    to there; otherwise we decode the kept tokens (GPL's way).
+    """
+    texts = list(texts)
+    if not texts:
+        return []
+    enc = tokenizer(
+        texts,
+        add_special_tokens=False,
+        truncation=True,
+        max_length=max_tokens,
+        return_offsets_mapping=bool(getattr(tokenizer, "is_fast", False)),
+    )
+    if "offset_mapping" in enc:
+        return [t[: offs[-1][1]] if offs else t for t, offs in zip(texts, enc["offset_mapping"])]
+    return tokenizer.batch_decode(enc["input_ids"], skip_special_tokens=True)
+
+
 class CrossEncoderTeacher:
     """A cross-encoder with one output label; its raw logit is the score.
+
+    Query and passage are each truncated to ``max_seq_len`` tokens (350), the pair to
+    ``max_pair_len`` (512), as GPL and R-GPL do.
 
     sentence-transformers' ``CrossEncoder.predict`` applies a sigmoid to single-label models by
     default (unless the model's config names another activation); we always pass an identity
@@ -89,8 +115,7 @@ class CrossEncoderTeacher:
 
         self.name = model_name_or_path
         self.batch_size = batch_size
-        self.max_seq_len = max_seq_len
-        # as GPL and R-GPL: query and passage are each cut to max_seq_len tokens, the pair to 512
+        self.segment_len = max_seq_len
         self.model = load_cross_encoder(model_name_or_path, device=device, max_seq_len=max_pair_len)
         if self.model.num_labels != 1:
             raise ValueError(
@@ -104,7 +129,9 @@ class CrossEncoderTeacher:
         _check_pairs(queries, passages)
         if not queries:
             return np.zeros(0, dtype=np.float32)
-        queries, passages = self._truncate(queries), self._truncate(passages)
+        if self.segment_len:
+            queries = truncate_tokens(self.model.tokenizer, queries, self.segment_len)
+            passages = truncate_tokens(self.model.tokenizer, passages, self.segment_len)
         scores = self.model.predict(
             list(zip(queries, passages)),
             batch_size=self.batch_size,
@@ -113,15 +140,6 @@ class CrossEncoderTeacher:
             convert_to_numpy=True,
         )
         return np.asarray(scores, dtype=np.float32).reshape(len(queries))
-
-
-    def _truncate(self, texts: Sequence[str]) -> list[str]:
-        """Each text cut to ``max_seq_len`` tokens on its own (GPL's retokenisation), before pairing."""
-        if not self.max_seq_len:
-            return list(texts)
-        tok = self.model.tokenizer
-        ids = tok(list(texts), add_special_tokens=False, truncation=True, max_length=self.max_seq_len)["input_ids"]
-        return [text if len(i) < self.max_seq_len else tok.decode(i) for text, i in zip(texts, ids)]
 
 
 class BiEncoderTeacher:

@@ -44,3 +44,18 @@ def test_hash_sensitive_to_any_field():
     base = AdaptConfig()
     changed = dataclasses.replace(base, remine=dataclasses.replace(base.remine, every=10))
     assert config_hash(base) != config_hash(changed)
+
+
+def test_mining_defaults_follow_gpl_and_rgpl():
+    mc = AdaptConfig().mining
+    assert mc.bm25 is False  # neither reference mines BM25 negatives
+    assert mc.similarity == "cosine"  # score: [cos_sim, cos_sim], normalize_embeddings=True
+    assert AdaptConfig().training.similarity == "dot"  # the student (and its remining) stays dot
+
+
+def test_cli_bm25_negatives_flag():
+    from rgpl_adapt.cli import _build_config
+
+    assert _build_config({"scale": "cpu"}).mining.bm25 is False
+    assert _build_config({"scale": "cpu", "bm25_negatives": True}).mining.bm25 is True
+    assert _build_config({"scale": "cpu", "no_bm25": True}).mining.bm25 is False

@@ -73,20 +73,6 @@ def test_self_hit_is_dropped_and_k_others_remain():
     assert len(res["q2"]) == 10 and "d10" not in res["q2"]
 
 
-def test_cross_encoder_teacher_truncates_query_and_passage_separately(tiny_cross_encoder):
-    from rgpl_adapt.labeling import CrossEncoderTeacher
-
-    teacher = CrossEncoderTeacher(str(tiny_cross_encoder), max_seq_len=8, max_pair_len=64)
-    long_q = " ".join(["vitamin"] * 30)
-    short = "bone fracture"
-    cut = teacher._truncate([long_q, short])
-    assert cut[1] == short
-    assert len(teacher.model.tokenizer(cut[0], add_special_tokens=False)["input_ids"]) == 8
-    # a long query no longer crowds the passage out of the pair: scores equal the pre-truncated pair's
-    passage = " ".join(["calcium"] * 40)
-    np.testing.assert_allclose(teacher.score([long_q], [passage]), teacher.score([cut[0]], [teacher._truncate([passage])[0]]))
-
-
 def test_fp16_scheduler_does_not_step_when_the_scaler_skips():
     import torch
 

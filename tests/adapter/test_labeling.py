@@ -349,3 +349,19 @@ def test_margin_stats():
         "margin_max": None,
         "margin_neg_share": None,
     }
+
+
+def test_cross_encoder_truncates_query_and_passage_each_then_the_pair(tiny_cross_encoder):
+    from rgpl_adapt.labeling import truncate_tokens
+
+    teacher = CrossEncoderTeacher(str(tiny_cross_encoder), "cpu", batch_size=2, max_seq_len=6, max_pair_len=512)
+    tok = teacher.model.tokenizer
+    long_q = " ".join(f"vitamin{i % 7} calcium" for i in range(100))
+    long_p = " ".join(f"bone{i % 5} fracture density" for i in range(100))
+    cut_q, cut_p = truncate_tokens(tok, [long_q, long_p], 6)
+    assert long_q.startswith(cut_q) and long_p.startswith(cut_p)  # a prefix of the original text
+    assert len(tok(cut_q, add_special_tokens=False)["input_ids"]) == 6
+    # a long query no longer crowds the passage out of the pair: both keep their first 6 tokens
+    assert teacher.score([long_q], [long_p])[0] == pytest.approx(teacher.score([cut_q], [cut_p])[0], abs=1e-5)
+    assert teacher.model.max_length > 12  # the pair limit is the model's (<= 512), not the per-text 6
+    assert truncate_tokens(tok, [], 6) == []

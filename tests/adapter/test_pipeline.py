@@ -49,3 +49,23 @@ def test_torchrun_rank0_runs_the_stages_and_all_ranks_train(tmp_path, beir_dir, 
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["stages"]["train"]["steps"] == 4
     assert [r["round"] for r in report["stages"]["train"]["rounds"]] == [0, 1]
+
+
+def test_miners_rank_by_cosine_and_the_report_says_so(tmp_path, beir_dir, tiny_t5, tiny_cross_encoder, tiny_student, monkeypatch):
+    import rgpl_adapt.encoding as encoding
+    from rgpl_adapt.pipeline import Pipeline
+
+    seen: list[bool] = []
+
+    class Recording(encoding.SentenceTransformerEncoder):
+        def __init__(self, model, **kw):
+            seen.append(kw.get("normalize", False))
+            super().__init__(model, **kw)
+
+    monkeypatch.setattr(encoding, "SentenceTransformerEncoder", Recording)
+    cfg = tiny_config(beir_dir, tiny_t5, tiny_cross_encoder, tiny_student)
+    cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, steps=2), remine=dataclasses.replace(cfg.remine, every=0))
+    report = Pipeline(cfg, tmp_path / "run").run().report
+    assert seen[:1] == [True]  # the miner (built first, in the negatives stage) normalises
+    assert report["stages"]["negatives"]["similarity"] == {str(tiny_student): "cosine"}
+    assert report["stages"]["negatives"]["sources"] == [str(tiny_student)]  # no BM25 by default

@@ -122,3 +122,26 @@ def test_bf16_precision_trains_and_remines_on_cpu(tmp_path, backend, documents, 
     cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, precision="bf16"))
     result = make_trainer(cfg, tmp_path / "train", backend, documents).run()
     assert result.steps == 4 and len(result.rounds) == 2 and result.final_loss == result.final_loss
+
+
+
+def test_scaler_step_reports_a_skipped_fp16_step():
+    from rgpl_adapt.training import optimizer_step
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
+    param = torch.nn.Parameter(torch.ones(1))
+    holder = torch.nn.ParameterList([param])
+    opt = torch.optim.SGD([param], lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+
+    def step(factor: float) -> bool:
+        opt.zero_grad()
+        before = sched.last_epoch
+        stepped = optimizer_step((param * factor).sum(), holder, opt, sched, scaler)
+        assert sched.last_epoch == before + int(stepped)  # the schedule follows the optimizer
+        return stepped
+
+    assert step(float("inf")) is False  # overflow: the optimizer step is skipped, the scale halved
+    assert float(param.detach()) == 1.0
+    assert step(1.0) is True
+    assert float(param.detach()) < 1.0
