@@ -1,9 +1,13 @@
 """Encoding with an exported ONNX graph: only ``tokenizers`` + ``onnxruntime`` are needed.
 
 Reads the folder written by :func:`rgpl_adapt.export.export_model` (``tokenizer.json``,
-``model.onnx`` / ``model_int8.onnx``, ``rgpl_onnx.json``). Texts are encoded in length-sorted
-batches, padded per batch to the longest text, truncated to the model's ``max_seq_len`` exactly as
-sentence-transformers does, and returned in the caller's order.
+``model.onnx`` / ``model_opt.onnx`` / ``model_int8.onnx``, ``rgpl_onnx.json``). Texts are encoded in
+length-sorted batches, padded per batch to the longest text, truncated to the model's ``max_seq_len``
+exactly as sentence-transformers does, and returned in the caller's order.
+
+Which graph: ``int8=True`` takes ``model_int8.onnx``; otherwise the fused ``model_opt.onnx`` when the
+export wrote one (its parity with torch was checked then), else the portable ``model.onnx``.
+``encoder.graph_path`` says which ran. Sessions run with every graph optimisation enabled.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class OnnxEncoder:
     Args:
         path: the export folder or its ``onnx/`` subfolder.
         int8: use ``model_int8.onnx`` (export with ``int8=True``).
+        optimized: use the fused ``model_opt.onnx``; ``None`` (default): when the export wrote one.
         providers: onnxruntime execution providers; default CUDA when available, else CPU.
         threads: intra-op threads for onnxruntime (default: onnxruntime's choice).
     """
@@ -61,6 +66,7 @@ class OnnxEncoder:
         path: str | os.PathLike,
         *,
         int8: bool = False,
+        optimized: bool | None = None,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
     ) -> None:
@@ -68,9 +74,15 @@ class OnnxEncoder:
         tokenizers = require("tokenizers")
         self.onnx_dir = resolve_onnx_dir(path)
         self.meta: dict[str, Any] = json.loads((self.onnx_dir / META_FILE).read_text(encoding="utf-8"))
-        graph = self.onnx_dir / ("model_int8.onnx" if int8 else "model.onnx")
+        fused = self.onnx_dir / "model_opt.onnx"
+        if int8:
+            graph = self.onnx_dir / "model_int8.onnx"
+        elif optimized or (optimized is None and fused.is_file()):
+            graph = fused
+        else:
+            graph = self.onnx_dir / "model.onnx"
         if not graph.is_file():
-            hint = " (export with int8 enabled)" if int8 else ""
+            hint = " (export with int8 enabled)" if int8 else " (export with optimize enabled)" if optimized else ""
             raise FileNotFoundError(f"{graph} does not exist{hint}")
         self.graph_path = graph
 
@@ -81,6 +93,7 @@ class OnnxEncoder:
         self.tokenizer = tok
 
         options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads is not None:
             options.intra_op_num_threads = int(threads)
         chosen = list(providers) if providers is not None else default_providers()
