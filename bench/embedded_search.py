@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import tempfile
@@ -132,6 +133,18 @@ def run(args: argparse.Namespace) -> dict:
     results["hybrid_min_max_hnsw"] = latencies(
         lambda i: hnsw.hybrid_search("dense", texts[i : i + 1], qvecs[i : i + 1], k), args.queries
     )
+    # BM25 and hybrid alternated query by query, so machine load hits both alike: the ratio is the number
+    bm, hy = [], []
+    for rnd in range(3):
+        for i in range(args.queries):
+            pair = [("bm25", lambda i=i: hnsw.bm25_search([texts[i]], k)),
+                    ("hybrid", lambda i=i: hnsw.hybrid_search("dense", texts[i : i + 1], qvecs[i : i + 1], k))]
+            for name, fn in pair if (i + rnd) % 2 else pair[::-1]:
+                t = time.perf_counter()
+                fn()
+                (bm if name == "bm25" else hy).append((time.perf_counter() - t) * 1000)
+    results["interleaved"] = {"bm25_p50_ms": float(np.median(bm)), "hybrid_hnsw_p50_ms": float(np.median(hy)),
+                              "ratio": float(np.median(hy) / np.median(bm))}
     hnsw.close()
     results["index_size_mb"] = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
     if not args.keep and not args.workdir:
@@ -161,6 +174,9 @@ def table(r: dict) -> str:
         ("HNSW build", f"{r['hnsw_build_s']:.2f} s"),
         (f"HNSW recall@{r['k']}", f"{r['hnsw_recall_at_k']:.4f}"),
         ("iter_documents", f"{r['iter_documents_docs_per_s']:,.0f} docs/s"),
+        ("interleaved p50 BM25 / hybrid HNSW", f"{r['interleaved']['bm25_p50_ms']:.2f} / "
+         f"{r['interleaved']['hybrid_hnsw_p50_ms']:.2f} ms ({r['interleaved']['ratio']:.2f}x)"),
+        ("load average (1 min) before / after", f"{r['load_avg'][0]:.1f} / {r['load_avg'][1]:.1f}"),
     ]
     width = max(len(a) for a, _ in rows)
     return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
@@ -179,7 +195,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="keep the index here (default: temp dir)")
     parser.add_argument("--keep", action="store_true", help="do not delete the temporary index")
     args = parser.parse_args()
+    load = os.getloadavg()[0]
     results = run(args)
+    results["load_avg"] = [load, os.getloadavg()[0]]
     print(table(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))

@@ -117,6 +117,8 @@ class ExportConfig:
     onnx: bool = True
     int8: bool = False
     opset: int = 17
+    optimize: bool = True  # onnxruntime transformer fusion (attention, LayerNorm, GELU) -> model_opt.onnx
+    max_ir_version: int = 8  # ML Commons ships onnxruntime 1.16.3 (IR <= 9) since 2.16, 1.14 (IR <= 8) before
     tolerance: float = 1e-4  # max abs diff allowed between ONNX and torch embeddings
 
 

@@ -1,24 +1,26 @@
-"""Export the adapted student: a sentence-transformers folder plus one self-contained ONNX graph.
+"""Export the adapted student: a sentence-transformers folder plus ONNX graphs checked against torch.
 
 Layout written by :func:`export_model` under ``out_dir``::
 
     sentence-transformers/   model.save() of the student (torch, for further training)
-    onnx/model.onnx          transformer + Pooling (+ Normalize): outputs token_embeddings, sentence_embedding
-    onnx/model_int8.onnx     optional dynamic int8 quantization of model.onnx
+    onnx/model.onnx          portable graph: transformer + Pooling (+ Normalize), standard ONNX ops only,
+                             opset 17 / IR <= 8 (what OpenSearch ML Commons' onnxruntime 1.14/1.16 loads)
+    onnx/model_opt.onnx      the same graph fused by onnxruntime's transformer optimizer (Attention,
+                             SkipLayerNormalization, BiasGelu, ...): what OnnxEncoder serves with by default
+    onnx/model_int8.onnx     optional dynamic int8 quantization of the fused graph
     onnx/tokenizer.json      the fast tokenizer, truncation set to the model's max_seq_length
-    onnx/rgpl_onnx.json      pooling, normalize, dim, max_seq_len, similarity "dot", input names, ...
+    onnx/rgpl_onnx.json      pooling, normalize, dim, max_seq_len, similarity "dot", input names, graphs...
 
 Inference needs only ``tokenizers`` + ``onnxruntime`` (:class:`rgpl_adapt.onnx_encoder.OnnxEncoder`).
 
-Exporter choice. torch 2.13's ``torch.onnx.export`` defaults to ``dynamo=True`` (the
-``torch.export``-based exporter); the TorchScript exporter (``dynamo=False``) is deprecated and
-*traces* Python control flow: transformers' attention-mask code branches on tensor values (for example
-"is there any padding?"), which the tracer freezes to whatever the sample batch had (it warns
-"Converting a tensor to a Python boolean might cause the trace to be incorrect"). The dynamo exporter
-captures the graph with symbolic batch/sequence dimensions and fails loudly instead of silently
-specialising, so we use it; it exports a 2-layer BERT in ~4 s on a laptop CPU and matches torch to
-~1e-7. If it raises (an architecture torch.export cannot capture), we fall back to the TorchScript
-exporter and log a warning; the parity check below then decides whether the graph is usable.
+Exporter choice. The model is switched to eager attention and exported with the TorchScript exporter
+(opset 17): that writes the MatMul/Softmax attention pattern which onnxruntime's optimizer fuses into
+one ``Attention`` node per layer (the dynamo exporter's SDPA decomposition is not recognised: 0 of 6
+MiniLM layers fused), and an IR version old runtimes accept. The tracer's known weakness, freezing
+Python branches on tensor values such as "is there any padding?", is covered: the sample batch has two
+texts of different lengths (the padded path is traced), and the parity check encodes padded batches
+*and* single unpadded texts. When tracing fails, the dynamo exporter (opset 18) is the fallback, its
+IR version capped at ``max_ir_version``.
 
 Graph outputs. Output 0 is ``token_embeddings`` (batch, seq, hidden) and output 1
 ``sentence_embedding`` (batch, dim). Our encoder asks for ``sentence_embedding`` by name; OpenSearch
@@ -26,17 +28,17 @@ ML Commons' ONNX text-embedding translator reads output 0 as token embeddings an
 (see :func:`package_for_ml_commons`), so the order matters.
 
 Parity. At export time ``sample_texts`` are encoded by the torch model (``SentenceTransformer.encode``,
-eval, fp32) and by onnxruntime through the shipped tokenizer.json; the max abs difference must not
-exceed ``cfg.tolerance`` or :class:`ExportError` is raised. Long texts check truncation too.
+eval, fp32) and by onnxruntime through the shipped tokenizer.json, with the portable and with the fused
+graph; the max abs difference must not exceed ``cfg.tolerance``, or :class:`ExportError` is raised
+(portable graph) or the fused graph is dropped with a warning. Long texts check truncation too.
 
-int8. ``onnxruntime.quantization.quantize_dynamic`` with per-channel QInt8 weights on ``MatMul`` only
-(the dense layers, where the time goes; per-tensor scales lost too much, see :func:`quantize_int8`).
-``Gather`` (the embedding table lookup) is left fp32: quantizing it would shrink the file but a lookup
-costs no arithmetic, so it cannot speed up encoding (its accuracy cost was not measured). The int8 graph's max abs diff and mean cosine to the fp32 graph
-are recorded. We fail only when the mean cosine is below :data:`INT8_MIN_COSINE` (0.95): at that point
-int8 vectors no longer rank like the fp32 ones (nearest neighbours of a query shift noticeably), so the
-artefact would silently degrade retrieval; anything above is reported, not enforced, because the
-acceptable loss is a retrieval-quality decision (measure it with :mod:`rgpl_adapt.evaluation`).
+int8. ``onnxruntime.quantization.quantize_dynamic`` of the fused graph, per-channel QInt8 weights on
+``MatMul`` and the fused ``Attention`` projections (per-tensor scales lost too much, see
+:func:`quantize_int8`). ``Gather`` (the embedding lookup) stays fp32: a lookup costs no arithmetic. The
+int8 graph's max abs diff and mean cosine to the fp32 graph are recorded. We fail only when the mean
+cosine is below :data:`INT8_MIN_COSINE` (0.95): at that point int8 vectors no longer rank like the fp32
+ones; anything above is reported, not enforced, because the acceptable loss is a retrieval-quality
+decision (bench/encode_speed.py --ndcg measures it on SciFact).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ import shutil
 import warnings
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +73,8 @@ ONNX_SUBDIR = "onnx"
 INT8_MIN_COSINE = 0.95
 DYNAMO_MIN_OPSET = 18
 OUTPUT_NAMES = ("token_embeddings", "sentence_embedding")
+OPT_FILE = "model_opt.onnx"
+INT8_FILE = "model_int8.onnx"
 # ML Commons pooling names (TextEmbeddingModelConfig.PoolingMode) for sentence-transformers' modes.
 _ML_COMMONS_POOLING = {
     "mean": "mean",
@@ -105,6 +109,10 @@ class ExportResult:
     max_abs_diff: float  # ONNX fp32 vs torch fp32 on sample_texts
     tolerance: float
     onnx_sha256: str
+    ir_version: int = 0
+    optimized_path: str | None = None  # the fused graph (onnxruntime-only operators) served by default
+    fused_ops: dict[str, int] = field(default_factory=dict)
+    optimized_max_abs_diff: float | None = None  # fused graph vs torch
     int8_max_abs_diff: float | None = None  # int8 graph vs fp32 graph
     int8_cosine: float | None = None  # mean cosine int8 vs fp32
     int8_sha256: str | None = None
@@ -218,41 +226,31 @@ def _configured_tokenizer(tokenizer: Any, max_seq_len: int) -> Any:
     return backend
 
 
-def _export_graph(
-    graph: Any, sample: tuple[Any, ...], input_names: tuple[str, ...], path: Path, opset: int
-) -> tuple[str, int]:
-    """Run torch.onnx.export (dynamo, else TorchScript fallback). Returns (exporter, opset) used.
+def _eager_attention(hf_model: Any) -> None:
+    """Switch a transformers model to the plain ("eager") attention implementation.
 
-    The dynamo exporter implements opset >= 18 only; asking it for 17 triggers a down-conversion that
-    fails on some graphs (we saw it on a CLS-pooling BERT), so it gets ``max(opset, 18)``
-    (onnxruntime >= 1.14 runs opset 18).
+    SDPA and flash attention export as a decomposed softmax with data-dependent masking that
+    onnxruntime's transformer optimizer cannot recognise; the eager implementation exports as the
+    MatMul/Softmax pattern that it fuses into one ``Attention`` node (measured on all-MiniLM-L6-v2:
+    6 of 6 layers fused with eager attention, 0 with SDPA). Numerically the implementations agree.
     """
+    setter = getattr(hf_model, "set_attn_implementation", None)
+    try:
+        if callable(setter):
+            setter("eager")
+            return
+    except (ValueError, TypeError, AttributeError) as exc:  # an architecture without the switch
+        logger.info("could not switch attention to eager (%s); exporting as loaded", exc)
+        return
+    config = getattr(hf_model, "config", None)
+    if config is not None and hasattr(config, "_attn_implementation"):
+        config._attn_implementation = "eager"
+
+
+def _export_torchscript(graph: Any, sample: tuple[Any, ...], input_names: tuple[str, ...], path: Path,
+                        opset: int) -> None:
     import torch
 
-    dynamo_opset = max(opset, DYNAMO_MIN_OPSET)
-    if dynamo_opset != opset:
-        logger.info("dynamo ONNX exporter: using opset %d instead of %d (its minimum)", dynamo_opset, opset)
-    try:
-        batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
-        shapes = {name: {0: batch, 1: seq} for name in input_names}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                graph,
-                sample,
-                None,
-                input_names=list(input_names),
-                output_names=list(OUTPUT_NAMES),
-                dynamic_shapes=shapes,
-                opset_version=dynamo_opset,
-                dynamo=True,
-                verbose=False,
-            )
-            program.save(str(path), external_data=False)
-        return "dynamo", dynamo_opset
-    except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds; we fall back and log why
-        logger.warning("dynamo ONNX export failed (%s: %s); falling back to the TorchScript exporter",
-                       type(exc).__name__, exc)
     axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
     axes["token_embeddings"] = {0: "batch", 1: "sequence"}
     axes["sentence_embedding"] = {0: "batch"}
@@ -269,24 +267,144 @@ def _export_graph(
             dynamo=False,
             do_constant_folding=True,
         )
-    return "torchscript", opset
+
+
+def _export_dynamo(graph: Any, sample: tuple[Any, ...], input_names: tuple[str, ...], path: Path,
+                   opset: int) -> int:
+    """The torch.export-based exporter; it implements opset >= 18 only (returns the opset used)."""
+    import torch
+
+    dynamo_opset = max(opset, DYNAMO_MIN_OPSET)
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    shapes = {name: {0: batch, 1: seq} for name in input_names}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            graph,
+            sample,
+            None,
+            input_names=list(input_names),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=shapes,
+            opset_version=dynamo_opset,
+            dynamo=True,
+            verbose=False,
+        )
+        program.save(str(path), external_data=False)
+    return dynamo_opset
+
+
+def _export_graph(
+    graph: Any, sample: tuple[Any, ...], input_names: tuple[str, ...], path: Path, opset: int,
+    order: Sequence[str] = ("torchscript", "dynamo"),
+) -> tuple[str, int]:
+    """Export with the first exporter of ``order`` that succeeds. Returns (exporter, opset) used.
+
+    TorchScript comes first: it writes the classic attention pattern that onnxruntime's transformer
+    optimizer fuses, at opset 17 / IR 8, which every onnxruntime since 1.14 loads (OpenSearch ML
+    Commons ships 1.14 before 2.16 and 1.16.3 since). Its known weakness, tracing Python branches on
+    tensor values (e.g. "is there padding?") into the graph, is covered by the sample batch (two texts
+    of different lengths, so the padded path is traced) and by the parity checks in
+    :func:`export_model`, which encode padded batches *and* single unpadded texts. The dynamo exporter
+    (symbolic shapes, opset >= 18, IR 10) is the fallback for architectures the tracer cannot handle.
+    """
+    errors = []
+    for exporter in order:
+        try:
+            if exporter == "torchscript":
+                _export_torchscript(graph, sample, input_names, path, opset)
+                return "torchscript", opset
+            return "dynamo", _export_dynamo(graph, sample, input_names, path, opset)
+        except Exception as exc:  # noqa: BLE001 - the exporters raise many kinds; try the next and log why
+            errors.append(f"{exporter}: {type(exc).__name__}: {exc}")
+            logger.warning("%s ONNX export failed (%s: %s)", exporter, type(exc).__name__, exc)
+    raise ExportError("every ONNX exporter failed: " + "; ".join(errors))
+
+
+def cap_ir_version(path: str | os.PathLike, max_ir: int) -> int:
+    """Lower the graph's IR version to ``max_ir`` when it declares more; returns the IR version written.
+
+    An old onnxruntime refuses any model whose IR version is above what it knows, even when the graph
+    uses nothing newer (the dynamo exporter stamps IR 10 on opset-18 graphs). Opset 18 needs IR >= 8,
+    so capping at 8 or 9 is safe for the opsets we export; the loaders checked in the tests decide.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    if model.ir_version > max_ir:
+        model.ir_version = max_ir
+        onnx.save(model, str(path))
+    return int(model.ir_version)
+
+
+# Architectures whose encoder layers match onnxruntime's BERT fusion patterns.
+_FUSABLE = {"bert", "roberta", "xlm-roberta", "distilbert", "camembert", "electra", "albert", "mpnet"}
+
+
+def optimize_graph(src: str | os.PathLike, dst: str | os.PathLike, model_type: str, *, num_heads: int = 0,
+                   hidden_size: int = 0) -> dict[str, int]:
+    """onnxruntime's transformer optimizer: fuse attention, LayerNorm (+ residual), GELU; save to ``dst``.
+
+    Returns the counts of fused operators (empty when the architecture is not one it knows; then nothing
+    is written). The fused graph uses onnxruntime's ``com.microsoft`` operators, so it is for
+    onnxruntime only; ``model.onnx`` stays the portable graph.
+    """
+    if model_type not in _FUSABLE:
+        logger.info("no transformer fusion for model type %r: serving the unfused graph", model_type)
+        return {}
+    opt_mod = require("onnxruntime.transformers.optimizer", package="onnxruntime")
+    root = logging.getLogger()
+    level = root.level
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        root.setLevel(logging.ERROR)  # the optimizer logs shape-inference chatter at WARNING on the root logger
+        try:
+            optimized = opt_mod.optimize_model(str(src), model_type="bert", num_heads=num_heads,
+                                               hidden_size=hidden_size, opt_level=1)
+        finally:
+            root.setLevel(level)
+    stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
+    optimized.save_model_to_file(str(dst))
+    return stats
+
+
+def _write_meta(onnx_dir: Path, meta: dict[str, Any]) -> None:
+    (onnx_dir / ONNX_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def _parity(onnx_dir: Path, texts: list[str], ref: np.ndarray, *, optimized: bool) -> tuple[np.ndarray, float]:
+    """Encode ``texts`` with a graph of ``onnx_dir`` in padded batches and the first two one by one;
+    return (batched vectors, max abs diff to ``ref`` over both)."""
+    from rgpl_adapt.onnx_encoder import OnnxEncoder
+
+    enc = OnnxEncoder(onnx_dir, optimized=optimized, providers=["CPUExecutionProvider"])
+    got = enc.encode(texts, batch_size=32)
+    single = np.concatenate([enc.encode([t], batch_size=1) for t in texts[:2]])
+    return got, max(max_abs_diff(ref, got), max_abs_diff(ref[:2], single))
 
 
 def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Dynamic int8 quantization (QInt8 per-channel weights, MatMul only) of an ONNX graph.
+    """Dynamic int8 quantization (QInt8 per-channel weights; MatMul and fused Attention) of an ONNX graph.
+
+    Applied to the fused graph (:func:`optimize_graph`) when there is one: quantizing the fused
+    ``Attention`` nodes' projection weights is where int8 pays on CPUs with VNNI (see bench/RESULTS.md).
 
     Per-channel scales matter: on all-MiniLM-L6-v2 per-tensor QInt8 gave a mean cosine to fp32 of only
     0.925 on synthetic 128-token texts (0.963 on real sentences), per-channel 0.9935 (0.994);
     ``reduce_range`` made it worse (0.77).
     """
     quant = require("onnxruntime.quantization", package="onnxruntime")
+    import onnx
+
     quant.quantize_dynamic(
         model_input=str(src),
         model_output=str(dst),
-        op_types_to_quantize=["MatMul"],
+        op_types_to_quantize=["MatMul", "Attention"],
         weight_type=quant.QuantType.QInt8,
         per_channel=True,
         reduce_range=False,
+        # outputs of fused com.microsoft operators have no inferred type; they are float
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
 
 
@@ -339,7 +457,8 @@ def export_model(
 
         # 2. tokenizer files + metadata
         onnx_dir.mkdir(parents=True, exist_ok=True)
-        (onnx_dir / "model_int8.onnx").unlink(missing_ok=True)  # never leave a stale int8 graph behind
+        for stale in (INT8_FILE, OPT_FILE):  # never leave a stale derived graph behind
+            (onnx_dir / stale).unlink(missing_ok=True)
         info["tokenizer"].save_pretrained(str(onnx_dir))
         backend = _configured_tokenizer(info["tokenizer"], max_seq_len)
         backend.save(str(onnx_dir / "tokenizer.json"))
@@ -361,6 +480,7 @@ def export_model(
         # 3. the graph
         import torch
 
+        _eager_attention(info["hf_model"])
         graph = _SentenceEmbeddingGraph.build(model, input_names)
         sample_texts_export = [sample_texts[0], " ".join(sample_texts)]  # batch 2, different lengths
         enc = backend.encode_batch(sample_texts_export)
@@ -372,16 +492,19 @@ def export_model(
         sample = tuple(torch.tensor(arrays[name], dtype=torch.long) for name in input_names)
         onnx_path = onnx_dir / "model.onnx"
         exporter, opset = _export_graph(graph, sample, input_names, onnx_path, cfg.opset)
-        meta["exporter"], meta["opset"] = exporter, opset
-        (onnx_dir / ONNX_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        ir_version = cap_ir_version(onnx_path, cfg.max_ir_version)
+        meta.update(exporter=exporter, opset=opset, ir_version=ir_version, optimized=None)
+        _write_meta(onnx_dir, meta)
         bar.update(1)
 
-        # 4. parity: torch (ST encode, fp32, eval) vs onnxruntime through tokenizer.json
+        # 4. parity: torch (ST encode, fp32, eval) vs onnxruntime through tokenizer.json, on padded
+        #    batches and on single (unpadded) texts, so a traced padding branch cannot slip through
         texts = list(sample_texts)
-        ref = model.encode(texts, batch_size=32, convert_to_numpy=True, show_progress_bar=False)
-        got = OnnxEncoder(onnx_dir, providers=["CPUExecutionProvider"]).encode(texts, batch_size=32)
-        diff = max_abs_diff(np.asarray(ref, dtype=np.float32), got)
-        logger.info("ONNX (%s exporter) vs torch: max abs diff %.3g on %d texts", exporter, diff, len(texts))
+        ref = np.asarray(model.encode(texts, batch_size=32, convert_to_numpy=True, show_progress_bar=False),
+                         dtype=np.float32)
+        got, diff = _parity(onnx_dir, texts, ref, optimized=False)
+        logger.info("ONNX (%s exporter, IR %d) vs torch: max abs diff %.3g on %d texts",
+                    exporter, ir_version, diff, len(texts))
         if not diff <= cfg.tolerance:  # also catches NaN
             raise ExportError(
                 f"ONNX embeddings differ from torch by max abs {diff:.3g}, above the tolerance "
@@ -389,13 +512,32 @@ def export_model(
                 "Check the model's modules for ops that do not export, or raise export.tolerance if the "
                 "difference is acceptable."
             )
+        # 4b. the fused graph that onnxruntime serves with; dropped (with a warning) if it drifts
+        fused: dict[str, int] = {}
+        opt_diff = None
+        if cfg.optimize:
+            hf_config = info["hf_model"].config
+            fused = optimize_graph(onnx_path, onnx_dir / OPT_FILE, info["model_type"],
+                                   num_heads=int(getattr(hf_config, "num_attention_heads", 0) or 0),
+                                   hidden_size=int(getattr(hf_config, "hidden_size", 0) or 0))
+            if (onnx_dir / OPT_FILE).exists():
+                _, opt_diff = _parity(onnx_dir, texts, ref, optimized=True)
+                if opt_diff <= cfg.tolerance:
+                    meta["optimized"] = {"file": OPT_FILE, "fused": fused, "max_abs_diff": opt_diff}
+                    _write_meta(onnx_dir, meta)
+                    logger.info("fused ONNX graph %s: max abs diff to torch %.3g", fused, opt_diff)
+                else:
+                    logger.warning("fused ONNX graph differs from torch by %.3g (> %g): serving the unfused "
+                                   "graph", opt_diff, cfg.tolerance)
+                    (onnx_dir / OPT_FILE).unlink()
+                    fused, opt_diff = {}, None
         bar.update(1)
 
         # 5. optional int8
         int8_path = int8_diff = int8_cos = int8_sha = None
         if cfg.int8:
-            int8_file = onnx_dir / "model_int8.onnx"
-            quantize_int8(onnx_path, int8_file)
+            int8_file = onnx_dir / INT8_FILE
+            quantize_int8(onnx_dir / OPT_FILE if (onnx_dir / OPT_FILE).exists() else onnx_path, int8_file)
             q = OnnxEncoder(onnx_dir, int8=True, providers=["CPUExecutionProvider"]).encode(texts, batch_size=32)
             int8_diff, int8_cos = max_abs_diff(got, q), mean_cosine(got, q)
             logger.info("int8 vs fp32 ONNX: max abs diff %.3g, mean cosine %.5f", int8_diff, int8_cos)
@@ -420,7 +562,11 @@ def export_model(
         input_names=input_names,
         exporter=exporter,
         opset=opset,
+        ir_version=ir_version,
         max_abs_diff=diff,
+        optimized_path=str(onnx_dir / OPT_FILE) if fused else None,
+        fused_ops=fused,
+        optimized_max_abs_diff=opt_diff,
         tolerance=cfg.tolerance,
         onnx_sha256=sha256_file(onnx_path),
         int8_max_abs_diff=int8_diff,

@@ -1,9 +1,24 @@
 """Encoding with an exported ONNX graph: only ``tokenizers`` + ``onnxruntime`` are needed.
 
 Reads the folder written by :func:`rgpl_adapt.export.export_model` (``tokenizer.json``,
-``model.onnx`` / ``model_int8.onnx``, ``rgpl_onnx.json``). Texts are encoded in length-sorted
-batches, padded per batch to the longest text, truncated to the model's ``max_seq_len`` exactly as
-sentence-transformers does, and returned in the caller's order.
+``model.onnx`` / ``model_opt.onnx`` / ``model_int8.onnx``, ``rgpl_onnx.json``). Texts are encoded in
+length-sorted batches, padded per batch to the longest text, truncated to the model's ``max_seq_len``
+exactly as sentence-transformers does, and returned in the caller's order.
+
+Which graph: ``int8=True`` takes ``model_int8.onnx``; otherwise the fused ``model_opt.onnx`` when the
+export wrote one (its parity with torch was checked then), else the portable ``model.onnx``.
+``encoder.graph_path`` says which ran. Sessions run with every graph optimisation enabled.
+
+Speed. All texts of a call are tokenized at once (the Rust tokenizer, without padding), sorted by
+token count and cut into batches padded only to their own longest text, so a batch of similar
+lengths wastes little on padding. Only ``sentence_embedding`` is fetched (not the per-token output).
+The session runs one dummy batch when it is created, so the first real query does not pay for
+onnxruntime's lazy initialisation. :meth:`OnnxEncoder.encode_queries` keeps an LRU cache of query
+vectors: a query served by several legs (BM25 + dense, several weights) or repeated is encoded once.
+
+Providers. ``CUDAExecutionProvider`` when onnxruntime-gpu offers it (the ``gpu`` extra), else CPU;
+on CUDA the inputs and the one output are bound with IO binding (no token-embedding copy back to the
+host). Not measured here: no GPU was available when this was written (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -11,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -52,8 +68,10 @@ class OnnxEncoder:
     Args:
         path: the export folder or its ``onnx/`` subfolder.
         int8: use ``model_int8.onnx`` (export with ``int8=True``).
+        optimized: use the fused ``model_opt.onnx``; ``None`` (default): when the export wrote one.
         providers: onnxruntime execution providers; default CUDA when available, else CPU.
         threads: intra-op threads for onnxruntime (default: onnxruntime's choice).
+        query_cache: how many query vectors :meth:`encode_queries` keeps (0: no cache).
     """
 
     def __init__(
@@ -61,16 +79,24 @@ class OnnxEncoder:
         path: str | os.PathLike,
         *,
         int8: bool = False,
+        optimized: bool | None = None,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
+        query_cache: int = 1024,
     ) -> None:
         ort = require("onnxruntime")
         tokenizers = require("tokenizers")
         self.onnx_dir = resolve_onnx_dir(path)
         self.meta: dict[str, Any] = json.loads((self.onnx_dir / META_FILE).read_text(encoding="utf-8"))
-        graph = self.onnx_dir / ("model_int8.onnx" if int8 else "model.onnx")
+        fused = self.onnx_dir / "model_opt.onnx"
+        if int8:
+            graph = self.onnx_dir / "model_int8.onnx"
+        elif optimized or (optimized is None and fused.is_file()):
+            graph = fused
+        else:
+            graph = self.onnx_dir / "model.onnx"
         if not graph.is_file():
-            hint = " (export with int8 enabled)" if int8 else ""
+            hint = " (export with int8 enabled)" if int8 else " (export with optimize enabled)" if optimized else ""
             raise FileNotFoundError(f"{graph} does not exist{hint}")
         self.graph_path = graph
 
@@ -79,8 +105,12 @@ class OnnxEncoder:
         padding = tok.padding or {}
         tok.enable_padding(pad_id=int(padding.get("pad_id", 0)), pad_token=padding.get("pad_token", "[PAD]"))
         self.tokenizer = tok
+        self._pad_id = int(padding.get("pad_id", 0))
+        self._unpadded = tokenizers.Tokenizer.from_str(tok.to_str())
+        self._unpadded.no_padding()
 
         options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads is not None:
             options.intra_op_num_threads = int(threads)
         chosen = list(providers) if providers is not None else default_providers()
@@ -89,7 +119,12 @@ class OnnxEncoder:
         unknown = set(self.input_names) - {"input_ids", "attention_mask", "token_type_ids"}
         if unknown:
             raise ValueError(f"{graph} has inputs this encoder cannot fill: {sorted(unknown)}")
-        logger.info("ONNX encoder %s on %s", graph, self.session.get_providers())
+        self.io_binding = self.session.get_providers()[0] == "CUDAExecutionProvider"
+        self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._query_cache_size = max(0, int(query_cache))
+        self._run(self._feed(["warm up"]))  # onnxruntime initialises lazily: pay it now, not on a query
+        logger.info("ONNX encoder %s on %s%s", graph, self.session.get_providers(),
+                    " (IO binding)" if self.io_binding else "")
 
     @property
     def dim(self) -> int:
@@ -113,17 +148,63 @@ class OnnxEncoder:
             for name in self.input_names
         }
 
+    def _run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """sentence_embedding for one batch; IO binding on CUDA."""
+        if not self.io_binding:
+            return self.session.run(["sentence_embedding"], feed)[0]
+        binding = self.session.io_binding()
+        for name, array in feed.items():
+            binding.bind_cpu_input(name, array)
+        binding.bind_output("sentence_embedding", "cpu")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def _length_batches(self, texts: Sequence[str], batch_size: int):
+        """(indices, feed) per batch: texts sorted by token count, each batch padded to its own longest."""
+        encodings = self._unpadded.encode_batch(list(texts))
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        order = np.argsort(-lengths, kind="stable")
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            width = int(lengths[idx[0]])
+            ids = np.full((len(idx), width), self._pad_id, dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            types = np.zeros((len(idx), width), dtype=np.int64)
+            for row, i in enumerate(idx):
+                e, n = encodings[i], int(lengths[i])
+                ids[row, :n], mask[row, :n], types[row, :n] = e.ids, 1, e.type_ids
+            arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+            yield idx, {name: arrays[name] for name in self.input_names}
+
     def encode(self, texts: Sequence[str], batch_size: int = 64, progress: ProgressFactory = silent) -> np.ndarray:
         """Encode ``texts``; returns float32 (len(texts), dim) in the order given."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        order = np.argsort([-len(t) for t in texts], kind="stable")
         with progress(total=len(texts), desc="encoding (onnx)", unit="text") as bar:
-            for start in range(0, len(texts), batch_size):
-                idx = order[start : start + batch_size]
-                feed = self._feed([texts[i] for i in idx])
-                (emb,) = self.session.run(["sentence_embedding"], feed)
-                out[idx] = emb
-                bar.update(len(idx))
+            if len(texts):
+                for idx, feed in self._length_batches(texts, batch_size):
+                    out[idx] = self._run(feed)
+                    bar.update(len(idx))
+        return out
+
+    def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
+        """Encode query texts through an LRU cache; float32 (len(queries), dim) in the order given.
+
+        Serving calls this once per query and hands the vector to every leg that needs it (the dense
+        leg of a hybrid query, other weights, a repeated query) instead of encoding again.
+        """
+        missing = list(dict.fromkeys(q for q in queries if q not in self._query_cache))
+        fresh = dict(zip(missing, self.encode(missing, batch_size=64))) if missing else {}
+        out = np.empty((len(queries), self.dim), dtype=np.float32)
+        for i, q in enumerate(queries):
+            vec = fresh.get(q)
+            if vec is None:
+                vec = self._query_cache[q]
+                self._query_cache.move_to_end(q)
+            elif self._query_cache_size:
+                self._query_cache[q] = vec
+            out[i] = vec
+        while len(self._query_cache) > self._query_cache_size:
+            self._query_cache.popitem(last=False)
         return out

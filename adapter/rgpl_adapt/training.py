@@ -29,7 +29,7 @@ import numpy as np
 
 from rgpl_adapt.config import AdaptConfig, config_hash
 from rgpl_adapt.distributed import barrier, dist_info, shard
-from rgpl_adapt.encoding import features
+from rgpl_adapt.encoding import encode_precision, features
 from rgpl_adapt.labeling import ScoreCache, Teacher, label_triples, margin_stats, sample_triples
 from rgpl_adapt.losses import margin_mse
 from rgpl_adapt.manifest import Manifest, is_complete, write_manifest
@@ -199,8 +199,9 @@ class Trainer:
                 normalize=self.tc.similarity == "cosine",
                 batch_size=self.cfg.remine.encode_batch_size,
                 progress=self.progress,
-                # bf16 re-encoding: 2.4x faster on AVX512-bf16 CPUs, top-10 overlap 0.993 (bench/remine_cost.py)
-                autocast_bf16=resolve_precision(self.tc.precision, self.device) == "bf16",
+                # auto: bf16 where the CPU/GPU has it; 2.4x faster on AVX512-bf16 CPUs, top-10 overlap 0.993
+                # (bench/remine_cost.py); rule in rgpl_adapt.encoding.encode_precision
+                autocast_bf16=encode_precision(self.tc.precision, self.device) == "bf16",
             )
             pools = result.pools
             info.update(churn=result.churn, remine_seconds=time.perf_counter() - t0)

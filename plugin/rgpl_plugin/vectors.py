@@ -296,7 +296,9 @@ class VectorStore:
     def _hnsw_search(
         index: Any, matrix: np.ndarray, queries: np.ndarray, k: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        matches = index.search(queries, k, threads=0)
+        # one thread per query, at most the cores: a single query gains nothing from a pool of threads
+        # (usearch starts its threads on every call), and idle ones slow the BM25 leg of a hybrid query
+        matches = index.search(queries, k, threads=min(len(queries), os.cpu_count() or 1))
         if hasattr(matches, "counts"):  # BatchMatches: padded (n, k) arrays
             rows = np.asarray(matches.keys, dtype=np.int64).reshape(len(queries), -1)
             counts = np.asarray(matches.counts).reshape(-1)

@@ -58,3 +58,27 @@ def test_max_seq_len_is_capped_at_the_models_positions(tiny_student):
     assert model.max_seq_length == 128
     vecs = encode_texts(model, ["vitamin bone " * 300])
     assert vecs.shape == (1, 32)
+
+
+def test_encode_precision_rule(monkeypatch):
+    from rgpl_adapt import encoding
+
+    assert encoding.encode_precision("fp32", "cpu") == "fp32"  # an explicit setting always wins
+    assert encoding.encode_precision("bf16", "cpu") == "bf16"
+    monkeypatch.setattr(encoding, "cpu_has_bf16", lambda: True)
+    assert encoding.encode_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(encoding, "cpu_has_bf16", lambda: False)
+    assert encoding.encode_precision("auto", "cpu") == "fp32"
+
+
+def test_cpu_has_bf16_reads_the_cpu_flags():
+    from pathlib import Path
+
+    from rgpl_adapt.encoding import cpu_has_bf16
+
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        pytest.skip("no /proc/cpuinfo on this OS; cpu_has_bf16 then returns False, covered by the rule test")
+    flags = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    assert cpu_has_bf16() == (" avx512_bf16" in flags or " amx_bf16" in flags)

@@ -48,7 +48,8 @@ def load_st(path):
 def test_layout_metadata_and_result(mean_export):
     r = mean_export
     onnx_dir = Path(r.onnx_dir)
-    for name in ("model.onnx", "model_int8.onnx", "tokenizer.json", "rgpl_onnx.json", "config.json"):
+    for name in ("model.onnx", "model_opt.onnx", "model_int8.onnx", "tokenizer.json", "rgpl_onnx.json",
+                 "config.json"):
         assert (onnx_dir / name).is_file(), name
     assert (Path(r.st_dir) / "modules.json").is_file()
     meta = json.loads((onnx_dir / "rgpl_onnx.json").read_text())
@@ -57,10 +58,43 @@ def test_layout_metadata_and_result(mean_export):
     assert meta["dim"] == r.dim == 32
     assert meta["max_seq_len"] == r.max_seq_len == MAX_SEQ_LEN
     assert meta["similarity"] == "dot"
-    assert r.exporter == "dynamo" and r.opset >= 18
+    # TorchScript at opset 17 / IR 8: the portable graph loads in ML Commons' onnxruntime 1.14 and 1.16
+    assert (r.exporter, r.opset) == ("torchscript", 17) and r.ir_version <= 8
+    assert meta["ir_version"] == r.ir_version
+    assert meta["optimized"]["file"] == "model_opt.onnx" and meta["optimized"]["fused"] == r.fused_ops
     assert 0.0 <= r.max_abs_diff <= r.tolerance
     assert r.onnx_sha256 == hashlib.sha256((onnx_dir / "model.onnx").read_bytes()).hexdigest()
     assert r.int8_sha256 == sha256_file(onnx_dir / "model_int8.onnx")
+
+
+def test_fused_graph_is_served_by_default_and_matches_the_portable_one(mean_export, tiny_student, documents):
+    import onnx
+
+    # every attention layer of the 2-layer tiny BERT fused into one onnxruntime Attention node
+    assert mean_export.fused_ops.get("Attention") == 2, mean_export.fused_ops
+    ops = {n.op_type for n in onnx.load(mean_export.optimized_path).graph.node}
+    assert "Attention" in ops and "Softmax" not in ops
+    portable_ops = {(n.domain or "ai.onnx") for n in onnx.load(mean_export.onnx_path).graph.node}
+    assert portable_ops == {"ai.onnx"}, "model.onnx must use standard ONNX operators only"
+    assert mean_export.optimized_max_abs_diff <= mean_export.tolerance
+    default = OnnxEncoder(mean_export.out_dir)
+    plain = OnnxEncoder(mean_export.out_dir, optimized=False)
+    assert default.graph_path.name == "model_opt.onnx" and plain.graph_path.name == "model.onnx"
+    # heavy padding (one long text among short ones) and a batch without any padding
+    texts = [" ".join(d.full_text() for d in documents[:3])] + ["a", "b c", "vitamin d"]
+    ref = load_st(tiny_student).encode(texts, convert_to_numpy=True)
+    for batch_size in (4, 1):
+        np.testing.assert_allclose(default.encode(texts, batch_size=batch_size), ref, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(plain.encode(texts, batch_size=batch_size), ref, atol=1e-5, rtol=0)
+
+
+def test_export_without_optimize_serves_the_portable_graph(tmp_path, tiny_student, documents):
+    r = export_model(tiny_student, tmp_path / "e", ExportConfig(optimize=False), sample_texts=sample_texts(documents))
+    assert r.optimized_path is None and r.fused_ops == {}
+    assert not (Path(r.onnx_dir) / "model_opt.onnx").exists()
+    assert OnnxEncoder(r.out_dir).graph_path.name == "model.onnx"
+    with pytest.raises(FileNotFoundError, match="optimize"):
+        OnnxEncoder(r.out_dir, optimized=True)
 
 
 def test_graph_has_dynamic_batch_and_sequence_axes(mean_export):

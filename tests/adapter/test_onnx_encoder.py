@@ -124,3 +124,83 @@ def test_int8_graph(export_dir, tmp_path, documents):
     q = int8.encode(texts)
     cos = np.sum(fp32 * q, axis=1) / (np.linalg.norm(fp32, axis=1) * np.linalg.norm(q, axis=1))
     assert cos.min() > 0.95 and not np.array_equal(fp32, q)
+
+
+def test_length_batches_pad_each_batch_to_its_own_longest_text(export_dir, torch_model, documents):
+    enc = OnnxEncoder(export_dir, providers=["CPUExecutionProvider"])
+    texts = mixed_texts(documents)
+    widths = []
+    for idx, feed in enc._length_batches(texts, 4):
+        lengths = feed["attention_mask"].sum(axis=1)
+        assert feed["input_ids"].shape[1] == lengths.max()  # no batch padded past its longest text
+        widths.append(int(lengths.max()))
+        for row, i in enumerate(idx):  # the same ids as the tokenizer's own padded encoding
+            ids = enc.tokenizer.encode(texts[i]).ids
+            assert feed["input_ids"][row, : len(ids)].tolist() == ids
+    assert widths == sorted(widths, reverse=True)
+    ref = torch_model.encode(texts, convert_to_numpy=True)
+    np.testing.assert_allclose(enc.encode(texts, batch_size=4), ref, atol=1e-5, rtol=0)
+
+
+def test_encode_queries_encodes_each_query_once(export_dir):
+    enc = OnnxEncoder(export_dir, providers=["CPUExecutionProvider"], query_cache=2)
+    runs = []
+    real_run = enc._run
+    enc._run = lambda feed: runs.append(len(feed["input_ids"])) or real_run(feed)
+    first = enc.encode_queries(["vitamin d", "bone", "vitamin d"])
+    assert runs == [2]  # one batch of the two distinct queries
+    np.testing.assert_allclose(first[0], first[2])
+    np.testing.assert_allclose(first, enc.encode(["vitamin d", "bone", "vitamin d"]), atol=1e-6)
+    again = enc.encode_queries(["bone", "vitamin d"])
+    assert runs[1:] == [3]  # the encode() above; the cached queries cost no run
+    np.testing.assert_allclose(again, first[[1, 0]])
+    enc.encode_queries(["calcium"])  # a third query evicts the least recently used ("bone")
+    assert list(enc._query_cache) == ["vitamin d", "calcium"]
+
+
+def test_cuda_sessions_use_io_binding(export_dir, monkeypatch):
+    """No GPU here: a stand-in session reports CUDA first; the encoder must bind its inputs and only the
+    sentence_embedding output, and return what the binding copied back."""
+    import onnxruntime as ort
+
+    real = ort.InferenceSession
+    calls = []
+    dim = OnnxEncoder(export_dir, providers=["CPUExecutionProvider"]).dim
+
+    class Binding:
+        def bind_cpu_input(self, name, array):
+            calls.append(("input", name, array.shape))
+
+        def bind_output(self, name, device):
+            calls.append(("output", name, device))
+
+        def copy_outputs_to_cpu(self):
+            return [np.full((self.n, dim), 0.5, dtype=np.float32)]
+
+    class FakeCudaSession:
+        def __init__(self, path, sess_options=None, providers=None):
+            self.inner = real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+            self.requested = providers
+
+        def get_providers(self):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+        def get_inputs(self):
+            return self.inner.get_inputs()
+
+        def io_binding(self):
+            return Binding()
+
+        def run_with_iobinding(self, binding):
+            binding.n = next(c[2][0] for c in reversed(calls) if c[0] == "input")
+
+    monkeypatch.setattr(ort, "InferenceSession", FakeCudaSession)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    enc = OnnxEncoder(export_dir)
+    assert enc.session.requested == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert enc.io_binding
+    calls.clear()
+    out = enc.encode(["a text", "another text"], batch_size=8)
+    np.testing.assert_array_equal(out, np.full((2, dim), 0.5, dtype=np.float32))
+    assert ("output", "sentence_embedding", "cpu") in calls
+    assert {c[1] for c in calls if c[0] == "input"} == set(enc.input_names)
