@@ -322,7 +322,9 @@ def _export_graph(
 
 
 def cap_ir_version(path: str | os.PathLike, max_ir: int) -> int:
-    """Lower the graph's IR version to ``max_ir`` when it declares more; returns the IR version written.
+    """Lower the graph's IR version to ``max_ir`` and drop opset imports of domains no node uses.
+
+    Returns the IR version written.
 
     An old onnxruntime refuses any model whose IR version is above what it knows, even when the graph
     uses nothing newer (the dynamo exporter stamps IR 10 on opset-18 graphs). Opset 18 needs IR >= 8,
@@ -331,8 +333,18 @@ def cap_ir_version(path: str | os.PathLike, max_ir: int) -> int:
     import onnx
 
     model = onnx.load(str(path))
+    changed = False
     if model.ir_version > max_ir:
         model.ir_version = max_ir
+        changed = True
+    # onnxruntime's tools stamp e.g. ai.onnx.ml opset 5 without using it; 1.16 refuses that import
+    used = {node.domain or "" for node in model.graph.node}
+    keep = [imp for imp in model.opset_import if (imp.domain or "") in used or (imp.domain or "") == ""]
+    if len(keep) != len(model.opset_import):
+        del model.opset_import[:]
+        model.opset_import.extend(keep)
+        changed = True
+    if changed:
         onnx.save(model, str(path))
     return int(model.ir_version)
 
@@ -521,6 +533,7 @@ def export_model(
                                    num_heads=int(getattr(hf_config, "num_attention_heads", 0) or 0),
                                    hidden_size=int(getattr(hf_config, "hidden_size", 0) or 0))
             if (onnx_dir / OPT_FILE).exists():
+                cap_ir_version(onnx_dir / OPT_FILE, cfg.max_ir_version)
                 _, opt_diff = _parity(onnx_dir, texts, ref, optimized=True)
                 if opt_diff <= cfg.tolerance:
                     meta["optimized"] = {"file": OPT_FILE, "fused": fused, "max_abs_diff": opt_diff}
@@ -538,6 +551,7 @@ def export_model(
         if cfg.int8:
             int8_file = onnx_dir / INT8_FILE
             quantize_int8(onnx_dir / OPT_FILE if (onnx_dir / OPT_FILE).exists() else onnx_path, int8_file)
+            cap_ir_version(int8_file, cfg.max_ir_version)
             q = OnnxEncoder(onnx_dir, int8=True, providers=["CPUExecutionProvider"]).encode(texts, batch_size=32)
             int8_diff, int8_cos = max_abs_diff(got, q), mean_cosine(got, q)
             logger.info("int8 vs fp32 ONNX: max abs diff %.3g, mean cosine %.5f", int8_diff, int8_cos)
