@@ -273,13 +273,11 @@ class Pipeline:
         mc = self.cfg.mining
 
         def build(stage_dir: Path) -> dict[str, Any]:
-            from rgpl_adapt.encoding import SentenceTransformerEncoder
+            from rgpl_adapt.encoding import SentenceTransformerEncoder, encode_precision
             from rgpl_adapt.mining import mine_negatives
             from rgpl_adapt.models import load_sentence_transformer
 
-            from rgpl_adapt.training import resolve_precision
-
-            bf16 = resolve_precision(self.cfg.training.precision, self.device) == "bf16"
+            bf16 = encode_precision(self.cfg.training.precision, self.device) == "bf16"
             retrievers = [
                 (
                     name,
