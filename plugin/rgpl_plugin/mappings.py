@@ -253,13 +253,26 @@ def normalization_pipeline(weight: float) -> dict[str, Any]:
     }
 
 
-def rrf_pipeline(rank_constant: int = DEFAULT_RANK_CONSTANT) -> dict[str, Any]:
-    """Search pipeline: reciprocal rank fusion (``score-ranker-processor``, OpenSearch 2.19+)."""
+def rrf_pipeline(rank_constant: int = DEFAULT_RANK_CONSTANT, *, legacy_shape: bool = False) -> dict[str, Any]:
+    """Search pipeline: reciprocal rank fusion (``score-ranker-processor``, OpenSearch 2.19+).
+
+    ``rank_constant`` goes under ``combination.parameters``: that is where neural-search 2.19 reads it
+    (measured on a real 2.19.1 node: under ``parameters`` a constant of 40 gives the top document
+    2/41; directly under ``combination``, as the OpenAPI spec's ``ScoreRankerCombination`` has it,
+    the node acknowledges the pipeline and silently keeps 60). Later neural-search versions read it
+    directly under ``combination`` and reject unknown ``parameters``; ``legacy_shape=True`` builds
+    that form (:func:`rgpl_plugin.opensearch.put_hybrid_pipeline` retries with it on a 400).
+    The default constant (60) is not sent at all, which every version reads the same way.
+    """
+    combination: dict[str, Any] = {"technique": "rrf"}
+    if int(rank_constant) != DEFAULT_RANK_CONSTANT:
+        if legacy_shape:
+            combination["rank_constant"] = int(rank_constant)
+        else:
+            combination["parameters"] = {"rank_constant": int(rank_constant)}
     return {
         "description": f"rgpl hybrid: reciprocal rank fusion, rank_constant {rank_constant}",
-        "phase_results_processors": [
-            {"score-ranker-processor": {"combination": {"technique": "rrf", "rank_constant": int(rank_constant)}}}
-        ],
+        "phase_results_processors": [{"score-ranker-processor": {"combination": combination}}],
     }
 
 

@@ -649,7 +649,14 @@ def put_hybrid_pipeline(
 ) -> dict[str, Any]:
     """Create or replace search pipeline ``name`` for the ``hybrid`` query; returns its body."""
     body = m.rrf_pipeline(rank_constant) if method == "rrf" else m.normalization_pipeline(weight)
-    client.search_pipeline.put(id=name, body=body)
+    try:
+        client.search_pipeline.put(id=name, body=body)
+    except Exception as exc:
+        if method != "rrf" or getattr(exc, "status_code", None) != 400 or "parameter" not in str(exc).lower():
+            raise
+        # a neural-search that reads rank_constant beside the technique refuses it in parameters
+        body = m.rrf_pipeline(rank_constant, legacy_shape=True)
+        client.search_pipeline.put(id=name, body=body)
     return body
 
 
