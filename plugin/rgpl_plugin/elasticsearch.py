@@ -122,7 +122,10 @@ class ElasticsearchBackend(OpenSearchBackend):
             title, texts = self.fields()
             props = self.properties()
             text_props = {f: props[f] for f in (title, *texts) if f and f in props}
-        body = m.es_shadow_index_body(dimension, vector_field=self.vector_field, text_properties=text_props)
+        body = m.es_shadow_index_body(
+            dimension, vector_field=self.vector_field, text_properties=text_props,
+            source_settings=self.source_settings(),
+        )
         self._call("creating a dense_vector shadow index", self.client.indices.create, index=shadow, body=body)
         self._loading.add(space)
 

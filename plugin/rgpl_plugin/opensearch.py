@@ -469,7 +469,7 @@ class OpenSearchBackend:
             text_props = {f: props[f] for f in (title, *texts) if f and f in props}
         body = m.shadow_index_body(
             dimension, vector_field=self.vector_field, text_properties=text_props, engine=self.engine,
-            m=self.hnsw_m, ef_construction=self.ef_construction,
+            m=self.hnsw_m, ef_construction=self.ef_construction, source_settings=self.source_settings(),
         )
         try:
             self.client.indices.create(index=shadow, body=body)
@@ -480,6 +480,15 @@ class OpenSearchBackend:
             raise self._error(exc, "creating a k-NN shadow index", shadow) from None
         self._loading.add(space)
         log.info("created shadow index %s (%d-d, %s)", shadow, dimension, self.engine)
+
+    def source_settings(self) -> dict[str, Any]:
+        """``settings.index`` of the (first) index behind :attr:`index` (its analyzers and limits are
+        copied into shadow indices: :func:`rgpl_plugin.mappings.copyable_index_settings`)."""
+        resp = self._call("reading the index settings", self.client.indices.get_settings, index=self.index)
+        resp = getattr(resp, "body", resp)
+        first = next(iter(resp.values()), {}) if isinstance(resp, Mapping) and resp else {}
+        index = first.get("settings", {}).get("index", {}) if isinstance(first, Mapping) else {}
+        return dict(index) if isinstance(index, Mapping) else {}
 
     def put_vectors(self, space: str, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Index (id, vector) pairs into the shadow index of ``space`` with ``streaming_bulk``
