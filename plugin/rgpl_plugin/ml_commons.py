@@ -273,7 +273,9 @@ def embedding_script(
         lines.append(
             f"if (ctx['{f}'] instanceof String && ctx['{f}'].trim() != '') {{ parts.add(ctx['{f}'].trim()); }}"
         )
-    lines.append("String text = String.join('\\n\\n', parts);")
+    # Painless string literals know no \\n escape (a compile error on the node): build the blank line
+    lines.append("String sep = String.valueOf((char) 10) + String.valueOf((char) 10);")
+    lines.append("String text = String.join(sep, parts);")
     if title_field:
         lines.append(
             f"if (ctx['{title_field}'] instanceof String && ctx['{title_field}'].trim() != '') "

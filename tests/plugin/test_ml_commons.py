@@ -327,7 +327,7 @@ def test_pipeline_bodies_follow_the_spec(spec):
     assert embed == {"model_id": "model-1", "field_map": {"rgpl_embedding_text": "rgpl_vector"}}
     assert body["processors"][2] == {"remove": {"field": "rgpl_embedding_text", "ignore_missing": True}}
     script = embedding_script("title", ["text", "body"])
-    assert "String.join('\\n\\n', parts)" in script and "ctx['title'].trim() + ' ' + text" in script
+    assert "String.join(sep, parts)" in script and "(char) 10" in script and "ctx['title'].trim() + ' ' + text" in script
     with pytest.raises(ValueError, match="ingest script"):
         text_embedding_pipeline("m", None, ["it's"], "v")
     from rgpl_plugin.mappings import normalization_pipeline
