@@ -322,8 +322,13 @@ def dot_from_score(score: float) -> float:
 
 
 def dense_vector_field(dimension: int) -> dict[str, Any]:
-    """An Elasticsearch ``dense_vector`` searched by maximum inner product with HNSW."""
-    return {"type": "dense_vector", "dims": int(dimension), "index": True, "similarity": "max_inner_product"}
+    """An Elasticsearch ``dense_vector`` searched by maximum inner product with float HNSW.
+
+    ``index_options`` is explicit: without it Elasticsearch quantises the vectors (``int8_hnsw`` from
+    8.14, ``bbq_hnsw`` from 9.1 for 384+ dimensions), which changes the scores we mine with.
+    """
+    return {"type": "dense_vector", "dims": int(dimension), "index": True, "similarity": "max_inner_product",
+            "index_options": {"type": "hnsw"}}
 
 
 def es_shadow_index_body(

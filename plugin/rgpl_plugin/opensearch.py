@@ -21,6 +21,7 @@ import numpy as np
 
 from rgpl_plugin import mappings as m
 from rgpl_plugin.base import BackendError, Document, FusionMethod, Hit, batched
+from rgpl_plugin.cluster_checks import refuse_serverless, refuse_serverless_info
 from rgpl_plugin.connection import ClusterSettings
 from rgpl_plugin.errors import (
     BulkWriteError,
@@ -94,6 +95,8 @@ class OpenSearchBackend:
         sample_size: int = 50,
     ) -> None:
         if isinstance(client_or_settings, ClusterSettings):
+            refuse_serverless(client_or_settings.aws_service if client_or_settings.aws_region else None,
+                              client_or_settings.urls)
             self.settings: ClusterSettings | None = client_or_settings
             self.client = self._make_client(client_or_settings)
             self._owns_client = True
@@ -170,6 +173,7 @@ class OpenSearchBackend:
         """The cluster's version number (``GET /``), cached."""
         if self._version is None:
             info = self._call("reading the cluster version", self.client.info)
+            refuse_serverless_info(info)
             self._version = str(info.get("version", {}).get("number", "0"))
             if info.get("version", {}).get("distribution") != "opensearch":
                 log.info("cluster does not report distribution 'opensearch': %s", info.get("version"))

@@ -82,7 +82,8 @@ def test_opensearch_bodies_follow_the_spec(spec):
 def test_elasticsearch_bodies():
     vec = np.ones(3, dtype=np.float32)
     field = m.es_shadow_index_body(3)["mappings"]["properties"]["rgpl_vector"]
-    assert field == {"type": "dense_vector", "dims": 3, "index": True, "similarity": "max_inner_product"}
+    assert field == {"type": "dense_vector", "dims": 3, "index": True, "similarity": "max_inner_product",
+                     "index_options": {"type": "hnsw"}}  # float, not quantised (finding 13)
     knn = m.es_knn_section("v", vec, 10)
     assert knn["k"] == 10 and knn["num_candidates"] >= 10
     rrf = m.es_hybrid_retriever("q", ["text"], "v", vec, 5, method="rrf")

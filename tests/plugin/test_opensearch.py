@@ -382,3 +382,22 @@ def test_rrf_rank_constant_goes_under_parameters_and_falls_back(spec, documents)
     assert sent["phase_results_processors"][0]["score-ranker-processor"]["combination"] == {
         "technique": "rrf", "rank_constant": 40}
     assert [ex.status for ex in cluster.exchanges] == [400, 200]
+
+
+def test_opensearch_serverless_is_refused_with_a_clear_message(documents):
+    """Finding 15: Serverless (SigV4 service aoss, *.aoss.amazonaws.com, or a root answer with
+    distribution aoss) has no scroll, no aliases and its own _ids: refused before any request."""
+    from rgpl_plugin.connection import ClusterSettings
+    from rgpl_plugin.errors import UnsupportedClusterError
+
+    for settings in (
+        ClusterSettings(urls=("https://abc.eu-west-1.aoss.amazonaws.com",), aws_region="eu-west-1", aws_service="aoss"),
+        ClusterSettings(urls=("https://abc.eu-west-1.aoss.amazonaws.com",)),
+    ):
+        with pytest.raises(UnsupportedClusterError, match="Serverless is not supported.*no scroll or aliases"):
+            OpenSearchBackend(settings, "corpus")
+    cluster = FakeCluster(docs=documents)
+    cluster.overrides.append(lambda method, path, *a: (200, {"version": {"distribution": "aoss", "number": "2.x"}})
+                             if path == "/" else None)
+    with pytest.raises(UnsupportedClusterError, match="Serverless"):
+        OpenSearchBackend(fake_client(cluster), "corpus").version()
