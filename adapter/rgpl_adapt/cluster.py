@@ -344,7 +344,12 @@ class ClusterPublisher:
         def before_swap(target: str) -> None:
             if es or not opts.search_pipeline:
                 return
-            from rgpl_plugin.opensearch import NEURAL_PLUGIN, set_default_pipeline
+            from rgpl_plugin.errors import parse_version
+            from rgpl_plugin.opensearch import (
+                ALIAS_DEFAULT_PIPELINE_SINCE,
+                NEURAL_PLUGIN,
+                set_default_pipeline,
+            )
 
             name = f"{target}-hybrid"
             try:
@@ -359,6 +364,13 @@ class ClusterPublisher:
                     exc, "creating the hybrid search pipeline", target, NEURAL_PLUGIN
                 ) from None
             info["search_pipeline"] = name
+            if parse_version(src.version()) < parse_version(ALIAS_DEFAULT_PIPELINE_SINCE):
+                # before 2.14 a search through an alias does not apply the index's default search pipeline
+                info["search_pipeline_note"] = (
+                    f"OpenSearch {src.version()} applies index.search.default_pipeline only to searches "
+                    f"that name the index, not the alias (from 2.14 it does): queries to "
+                    f"{opts.alias or src.index!r} must pass ?search_pipeline={name}")
+                log.warning(info["search_pipeline_note"])
             if model is not None:
                 from rgpl_plugin.ml_commons import (
                     put_ingest_pipeline,

@@ -211,7 +211,8 @@ def version_index_body(
     ``GET <index>/_mapping``; ``source_settings`` the ``settings.index`` object of ``_settings``."""
     mappings = copy.deepcopy(dict(source_mapping))
     properties = mappings.setdefault("properties", {})
-    if vector_field in properties:
+    # a source that is itself an earlier version (rgpl _meta) has the field: the new version replaces it
+    if vector_field in properties and "rgpl" not in mappings.get("_meta", {}):
         raise ValueError(f"the source index already has a field {vector_field!r}; choose another vector_field")
     properties[vector_field] = dense_vector_field(dimension) if es else knn_vector_field(dimension, engine=engine)
     if meta:

@@ -38,6 +38,8 @@ KNN_PLUGIN = "opensearch-knn"
 NEURAL_PLUGIN = "opensearch-neural-search"
 PIT_SHARD_DOC_SINCE = "3.3.0"
 LUCENE_INNERPRODUCT_SINCE = "2.13.0"
+#: From this version a search through an alias applies the index's ``index.search.default_pipeline``.
+ALIAS_DEFAULT_PIPELINE_SINCE = "2.14.0"
 
 
 def choose_engine(version: str) -> str:

@@ -26,6 +26,7 @@ deletes that index in the same ``_aliases`` call (``remove_index``), so it needs
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any, Literal
@@ -71,6 +72,22 @@ def _delete_index(client: Any, index: str) -> None:
         client.indices.delete(index=index, ignore_unavailable=True)
     else:
         client.indices.delete(index=index, params={"ignore_unavailable": "true"})
+
+
+def wait_for_task(client: Any, task_id: str, timeout_s: float, what: str, poll_s: float = 0.5) -> dict[str, Any]:
+    """Poll ``GET _tasks/<id>`` until the task completes; its ``response`` (or a BackendError)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = _body(client.tasks.get(task_id=task_id))
+        if status.get("completed"):
+            if status.get("error"):
+                raise BackendError(f"{what} failed (task {task_id}): {str(status['error'])[:500]}")
+            return dict(status.get("response") or {})
+        if time.monotonic() > deadline:
+            raise BackendError(f"{what} still runs after {timeout_s:.0f}s (task {task_id}); it continues on the "
+                               f"cluster: GET _tasks/{task_id}, cancel with POST _tasks/{task_id}/_cancel")
+        time.sleep(min(poll_s * 2, 5.0) if poll_s else 0)
+        poll_s = min(poll_s * 2, 5.0)
 
 
 def alias_state(client: Any, name: str) -> tuple[AliasState, list[str]]:
@@ -246,9 +263,10 @@ def publish_version(
             resp = _body(client.options(request_timeout=reindex_timeout_s).reindex(
                 body=copy, wait_for_completion=True, refresh=True))
         else:
-            resp = client.reindex(
-                body=copy, params={"wait_for_completion": "true", "refresh": "true", "request_timeout": reindex_timeout_s}
-            )
+            # a task, polled: a synchronous call that times out would be re-sent whole by retry_on_timeout
+            task = client.reindex(body=copy, params={"wait_for_completion": "false", "slices": "auto",
+                                                     "refresh": "true"})
+            resp = wait_for_task(client, task["task"], reindex_timeout_s, f"reindex into {target}")
         if resp.get("failures"):
             raise BackendError(f"reindex into {target} reported failures: {str(resp['failures'][:3])[:500]}")
         n_vectors = _body(client.count(index=shadow))["count"]
@@ -264,7 +282,8 @@ def publish_version(
             written = backend._bulk(updates(), f"copying vectors into {target}", target)
         source_settings = _first(client.indices.get_settings(index=source))["settings"]["index"]
         _restore_settings(client, target, source_settings)
-        n_source = _body(client.count(index=source))["count"]
+        # what the reindex copied from its snapshot of the source (the source may take writes meanwhile)
+        n_source = int(resp.get("total", 0)) if "total" in resp else _body(client.count(index=source))["count"]
         n_target = _body(client.count(index=target))["count"]
         exists = {"query": {"exists": {"field": backend.vector_field}}}
         with_vec = _body(client.count(index=target, body=exists))["count"]

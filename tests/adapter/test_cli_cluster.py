@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from rgpl_adapt.cli import cli
 from rgpl_plugin.connection import ClusterSettings
 
-from tests.plugin.conftest import load_corpus, osmem  # noqa: F401  (session fixture)
+from tests.plugin.conftest import load_corpus, osmem, osmem_tasks  # noqa: F401  (fixtures)
 from tests.plugin.test_ml_commons import ServingFake, serving_client, validate_exchanges
 
 PASSWORD = "Sup3r-S3cret-pw"
@@ -222,6 +222,7 @@ def test_search_index_embeds_the_query_client_side(fake_run, monkeypatch):
 
 
 def test_osmem_local_miner_publish_failure_then_publish_and_rollback(
+    osmem_tasks,
     osmem,  # noqa: F811
     documents,
     tmp_path,

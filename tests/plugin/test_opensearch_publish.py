@@ -12,6 +12,11 @@ from rgpl_plugin.opensearch_publish import alias_state, publish_version, rollbac
 from tests.plugin.conftest import load_corpus
 
 
+@pytest.fixture(autouse=True)
+def _osmem_tasks(osmem_tasks):
+    pass
+
+
 @pytest.fixture
 def aliased(os_client, documents):
     """``corpus`` is an alias of ``corpus-v0``; space ``dense`` holds a vector per document."""
