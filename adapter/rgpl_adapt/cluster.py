@@ -421,8 +421,18 @@ class ClusterPublisher:
             export_dir, self.run_dir / "serve" / "ml-commons.zip"
         )
         return register_and_deploy(
-            self.backend.source.client, zip_path, sha, model_config, name=target, version="1"
+            self.backend.source.client, zip_path, sha, model_config, name=target, version="1",
+            input_names=_onnx_input_names(export_dir),
         )
+
+
+def _onnx_input_names(export_dir: Path) -> list[str] | None:
+    """The exported graph's input names (from ``onnx/rgpl_onnx.json``), None when not recorded."""
+    for meta in (Path(export_dir) / "onnx" / "rgpl_onnx.json", Path(export_dir) / "rgpl_onnx.json"):
+        if meta.exists():
+            names = json.loads(meta.read_text(encoding="utf-8")).get("input_names")
+            return list(names) if names else None
+    return None
 
 
 def es_retriever_template(fields: Sequence[str], vector_field: str, weight: float) -> dict[str, Any]:

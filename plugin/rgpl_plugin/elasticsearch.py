@@ -14,7 +14,10 @@ Reading, BM25 (``_msearch`` of ``multi_match``), ``mget`` and the field rules ar
   with this backend too (``_aliases``, ``_reindex`` and bulk updates exist in both engines).
 
 Use the client major that matches the cluster: elasticsearch-py 9 sends
-``compatible-with=9`` headers that an 8.x cluster rejects; install ``elasticsearch>=8,<9`` there.
+``compatible-with=9`` headers that an 8.x cluster rejects; :meth:`ElasticsearchBackend.version`
+detects the mix and says which client to install (``elasticsearch>=8,<9`` there).
+The ``rrf``/``linear`` retrievers need an Enterprise or trial licence: on another licence
+(``GET _license``) hybrid search fuses BM25 and k-NN on the client (:func:`rgpl_plugin.fusion.fuse`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from rgpl_plugin import mappings as m
+from rgpl_plugin import cluster_checks
 from rgpl_plugin.base import BackendError, FusionMethod, Hit, batched
 from rgpl_plugin.connection import ClusterSettings
 from rgpl_plugin.errors import FieldMappingError, require_version
@@ -53,6 +57,9 @@ class ElasticsearchBackend(OpenSearchBackend):
     def __init__(self, client_or_settings: Any, index: str, *, num_candidates: int | None = None, **kwargs: Any):
         super().__init__(client_or_settings, index, **kwargs)
         self.num_candidates = num_candidates
+        self.fused_on_client: bool | None = None
+        """Whether the last hybrid search fused on the client (the licence lacks the retrievers)."""
+        self._licence: tuple[bool, str] | None = None
 
     @staticmethod
     def _make_client(settings: ClusterSettings) -> Any:
@@ -71,9 +78,21 @@ class ElasticsearchBackend(OpenSearchBackend):
 
     def version(self) -> str:
         if self._version is None:
-            info = self._call("reading the cluster version", self.client.info)
-            self._version = str(info.get("version", {}).get("number", "0"))
+            try:
+                info = self._call("reading the cluster version", self.client.info)
+            except BackendError as exc:
+                raise cluster_checks.explain_client_mismatch(exc) or exc from None
+            version = str(info.get("version", {}).get("number", "0"))
+            cluster_checks.check_es_client_major(version, cluster_checks.es_client_major())
+            self._version = version
         return self._version
+
+    def retriever_licence(self) -> tuple[bool, str]:
+        """``(allowed, licence type)``: whether ``GET _license`` allows the rrf/linear retrievers."""
+        if self._licence is None:
+            lic = self._call("reading the licence", self.client.license.get)
+            self._licence = cluster_checks.licence_allows_retrievers(lic)
+        return self._licence
 
     def _plugin_error(self, exc: BaseException, action: str, index: str, plugin: str) -> BackendError:
         return self._error(exc, action, index)  # vector search is built into Elasticsearch
@@ -122,7 +141,10 @@ class ElasticsearchBackend(OpenSearchBackend):
             title, texts = self.fields()
             props = self.properties()
             text_props = {f: props[f] for f in (title, *texts) if f and f in props}
-        body = m.es_shadow_index_body(dimension, vector_field=self.vector_field, text_properties=text_props)
+        body = m.es_shadow_index_body(
+            dimension, vector_field=self.vector_field, text_properties=text_props,
+            source_settings=self.source_settings(),
+        )
         self._call("creating a dense_vector shadow index", self.client.indices.create, index=shadow, body=body)
         self._loading.add(space)
 
@@ -173,7 +195,9 @@ class ElasticsearchBackend(OpenSearchBackend):
         weight: float = 0.5,
         method: FusionMethod = "min_max",
     ) -> list[list[Hit]]:
-        """BM25 + k-NN in one request with the ``rrf`` or ``linear`` (min-max) retriever."""
+        """BM25 + k-NN in one request with the ``rrf`` or ``linear`` (min-max) retriever; where the
+        licence lacks them (basic), BM25 and k-NN top-k fused on the client (logged, and
+        ``fused_on_client`` set)."""
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if len(texts) != len(vectors):
             raise ValueError(f"{len(texts)} texts but {len(vectors)} vectors")
@@ -181,6 +205,10 @@ class ElasticsearchBackend(OpenSearchBackend):
         require_version(self.version(), needed, f"hybrid search ({method} retriever)", engine="Elasticsearch")
         if not self.copy_text:
             raise FieldMappingError("hybrid_search needs the text fields in the shadow index; use copy_text=True")
+        allowed, licence = self.retriever_licence()
+        self.fused_on_client = not allowed
+        if not allowed:
+            return self._fuse_on_client(space, texts, vectors, k, weight=weight, method=method, licence=licence)
         shadow = self.shadow_index(space)
         self.finish_vectors(space)
         title, fields = self.fields()
@@ -192,3 +220,17 @@ class ElasticsearchBackend(OpenSearchBackend):
             resp = self._call("hybrid search", self.client.search, index=shadow, body=body)
             out.append(self._hits(resp))
         return out
+
+    def _fuse_on_client(
+        self, space: str, texts: Sequence[str], vectors: np.ndarray, k: int, *,
+        weight: float, method: FusionMethod, licence: str,
+    ) -> list[list[Hit]]:
+        from rgpl_plugin.fusion import fuse
+
+        log.warning(
+            "Elasticsearch licence %r lacks the %s retriever (Enterprise/trial only): fusing BM25 and k-NN "
+            "on the client instead", licence, method,
+        )
+        bm25 = self.bm25_search(list(texts), k)
+        dense = self.knn_search(space, vectors, k)
+        return [fuse(b, d, k, weight=weight, method=method) for b, d in zip(bm25, dense)]

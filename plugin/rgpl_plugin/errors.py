@@ -41,6 +41,14 @@ class VersionTooOldError(BackendError):
     """The cluster is older than the feature needs."""
 
 
+class LicenseError(BackendError):
+    """The cluster's licence does not include the feature (Elasticsearch ``rrf``/``linear`` retrievers)."""
+
+
+class UnsupportedClusterError(BackendError):
+    """A cluster kind the backend cannot work with (OpenSearch Serverless, a client of the wrong major)."""
+
+
 class AliasSwapError(BackendError):
     """A zero-downtime write-back step was refused; the alias was left where it was."""
 
@@ -129,6 +137,12 @@ def translate(
         return ClusterAuthError(
             f"{engine} at {where} rejected the credentials while {action} (401). Check the user and password "
             f"(or API key / AWS credentials); they are not shown here."
+        )
+    if status == 403 and "license" in f"{etype} {reason}".lower():
+        return LicenseError(
+            f"{engine} at {where} refused {action} because its licence does not include it (403; not a role "
+            f"permission). Start a trial or use an Enterprise licence (GET _license shows the type), or fuse on "
+            f"the client. Detail: {detail}"
         )
     if status == 403:
         return ClusterAuthError(

@@ -137,20 +137,19 @@ def shadow_index_body(
     m: int = 16,
     ef_construction: int = 100,
     shards: int = 1,
+    source_settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``PUT <shadow>`` body: a k-NN index set up for loading (no replicas, no refresh).
+    """``PUT <shadow>`` body: a k-NN index set up for loading (no replicas, no refresh), with the
+    source's :func:`copyable_index_settings` so the copied text fields keep their analyzers.
 
     ``text_properties`` (copied from the source mapping) let the shadow index answer the
     ``hybrid`` query on its own; :func:`after_load_settings` restores the serving settings.
     """
     properties = {k: copy.deepcopy(dict(v)) for k, v in (text_properties or {}).items()}
     properties[vector_field] = knn_vector_field(dimension, engine=engine, m=m, ef_construction=ef_construction)
-    return {
-        "settings": {
-            "index": {"knn": True, "number_of_shards": shards, "number_of_replicas": 0, "refresh_interval": "-1"}
-        },
-        "mappings": {"properties": properties},
-    }
+    index = copyable_index_settings(source_settings or {})
+    index.update({"knn": True, "number_of_shards": shards, "number_of_replicas": 0, "refresh_interval": "-1"})
+    return {"settings": {"index": index}, "mappings": {"properties": properties}}
 
 
 def after_load_settings(replicas: int = 1, refresh_interval: str = "1s") -> dict[str, Any]:
@@ -158,7 +157,43 @@ def after_load_settings(replicas: int = 1, refresh_interval: str = "1s") -> dict
     return {"index": {"number_of_replicas": int(replicas), "refresh_interval": refresh_interval}}
 
 
-_COPIED_SETTINGS = ("number_of_shards", "analysis", "similarity", "max_result_window")
+#: Index settings that describe how the source's fields are analysed, mapped and searched, and so are
+#: copied into shadow and version indices (nested form, as ``GET <index>/_settings`` returns it under
+#: ``settings.index``). Everything else stays behind: identity and history (``uuid``, ``creation_date``,
+#: ``version``, ``provided_name``, ``history_uuid``), placement (``routing``, ``resize``, ``blocks``),
+#: replicas/refresh (set for loading, then restored) and the source's own pipelines.
+COPYABLE_SETTINGS = (
+    "analysis",
+    "similarity",
+    "max_ngram_diff",
+    "max_shingle_diff",
+    "mapping",  # total_fields.limit, depth.limit, nested_fields.limit, field_name_length.limit, ...
+    "max_result_window",
+    "max_inner_result_window",
+    "max_rescore_window",
+    "max_docvalue_fields_search",
+    "max_script_fields",
+    "max_terms_count",
+    "max_regex_length",
+    "highlight",
+    "query",  # query.default_field
+)
+
+
+def copyable_index_settings(source_settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`COPYABLE_SETTINGS` of an index's ``settings.index`` object (deep copies; a flat
+    ``{"index.x.y": v}`` form is read too)."""
+    nested: dict[str, Any] = {}
+    for key, value in source_settings.items():
+        parts = key.removeprefix("index.").split(".")
+        if len(parts) == 1:
+            nested[parts[0]] = value
+        else:  # flat_settings form
+            node = nested
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = value
+    return {k: copy.deepcopy(nested[k]) for k in COPYABLE_SETTINGS if k in nested}
 
 
 def version_index_body(
@@ -182,7 +217,9 @@ def version_index_body(
     properties[vector_field] = dense_vector_field(dimension) if es else knn_vector_field(dimension, engine=engine)
     if meta:
         mappings["_meta"] = {**mappings.get("_meta", {}), "rgpl": dict(meta)}
-    index: dict[str, Any] = {k: copy.deepcopy(source_settings[k]) for k in _COPIED_SETTINGS if k in source_settings}
+    index: dict[str, Any] = copyable_index_settings(source_settings)
+    if "number_of_shards" in source_settings:
+        index["number_of_shards"] = copy.deepcopy(source_settings["number_of_shards"])
     if not es:
         index["knn"] = True
     index.update({"number_of_replicas": 0, "refresh_interval": "-1"})
@@ -254,13 +291,26 @@ def normalization_pipeline(weight: float) -> dict[str, Any]:
     }
 
 
-def rrf_pipeline(rank_constant: int = DEFAULT_RANK_CONSTANT) -> dict[str, Any]:
-    """Search pipeline: reciprocal rank fusion (``score-ranker-processor``, OpenSearch 2.19+)."""
+def rrf_pipeline(rank_constant: int = DEFAULT_RANK_CONSTANT, *, legacy_shape: bool = False) -> dict[str, Any]:
+    """Search pipeline: reciprocal rank fusion (``score-ranker-processor``, OpenSearch 2.19+).
+
+    ``rank_constant`` goes under ``combination.parameters``: that is where neural-search 2.19 reads it
+    (measured on a real 2.19.1 node: under ``parameters`` a constant of 40 gives the top document
+    2/41; directly under ``combination``, as the OpenAPI spec's ``ScoreRankerCombination`` has it,
+    the node acknowledges the pipeline and silently keeps 60). Later neural-search versions read it
+    directly under ``combination`` and reject unknown ``parameters``; ``legacy_shape=True`` builds
+    that form (:func:`rgpl_plugin.opensearch.put_hybrid_pipeline` retries with it on a 400).
+    The default constant (60) is not sent at all, which every version reads the same way.
+    """
+    combination: dict[str, Any] = {"technique": "rrf"}
+    if int(rank_constant) != DEFAULT_RANK_CONSTANT:
+        if legacy_shape:
+            combination["rank_constant"] = int(rank_constant)
+        else:
+            combination["parameters"] = {"rank_constant": int(rank_constant)}
     return {
         "description": f"rgpl hybrid: reciprocal rank fusion, rank_constant {rank_constant}",
-        "phase_results_processors": [
-            {"score-ranker-processor": {"combination": {"technique": "rrf", "rank_constant": int(rank_constant)}}}
-        ],
+        "phase_results_processors": [{"score-ranker-processor": {"combination": combination}}],
     }
 
 
@@ -273,20 +323,28 @@ def dot_from_score(score: float) -> float:
 
 
 def dense_vector_field(dimension: int) -> dict[str, Any]:
-    """An Elasticsearch ``dense_vector`` searched by maximum inner product with HNSW."""
-    return {"type": "dense_vector", "dims": int(dimension), "index": True, "similarity": "max_inner_product"}
+    """An Elasticsearch ``dense_vector`` searched by maximum inner product with float HNSW.
+
+    ``index_options`` is explicit: without it Elasticsearch quantises the vectors (``int8_hnsw`` from
+    8.14, ``bbq_hnsw`` from 9.1 for 384+ dimensions), which changes the scores we mine with.
+    """
+    return {"type": "dense_vector", "dims": int(dimension), "index": True, "similarity": "max_inner_product",
+            "index_options": {"type": "hnsw"}}
 
 
 def es_shadow_index_body(
-    dimension: int, *, vector_field: str = "rgpl_vector", text_properties: Mapping[str, Any] | None = None
+    dimension: int,
+    *,
+    vector_field: str = "rgpl_vector",
+    text_properties: Mapping[str, Any] | None = None,
+    source_settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Elasticsearch shadow index (settings and mappings) set up for loading."""
     properties = {k: copy.deepcopy(dict(v)) for k, v in (text_properties or {}).items()}
     properties[vector_field] = dense_vector_field(dimension)
-    return {
-        "settings": {"index": {"number_of_shards": 1, "number_of_replicas": 0, "refresh_interval": "-1"}},
-        "mappings": {"properties": properties},
-    }
+    index = copyable_index_settings(source_settings or {})
+    index.update({"number_of_shards": 1, "number_of_replicas": 0, "refresh_interval": "-1"})
+    return {"settings": {"index": index}, "mappings": {"properties": properties}}
 
 
 def es_knn_section(field: str, vector: np.ndarray, k: int, num_candidates: int | None = None) -> dict[str, Any]:

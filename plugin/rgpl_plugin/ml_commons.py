@@ -27,13 +27,15 @@ Docs: https://opensearch.org/docs/latest/ml-commons-plugin/api/model-apis/regist
 .../model-apis/deploy-model/ , .../ingest-processors/text-embedding/ ,
 .../search-pipelines/neural-query-enricher/ .
 
-The clusters's ML settings may need ``plugins.ml_commons.only_run_on_ml_node: false`` (no ML
-node) and ``plugins.ml_commons.allow_registering_model_via_local_file`` /
-``..._via_url``; the errors raised here say so.
+Before step 1, :func:`check_ml_settings` reads ``GET _cluster/settings?include_defaults=true``: a
+local-file upload needs ``plugins.ml_commons.allow_registering_model_via_local_file: true`` and, on a
+cluster without a node of the ``ml`` role, ``plugins.ml_commons.only_run_on_ml_node: false`` (both are
+the other way by default); the error carries the exact ``PUT _cluster/settings`` call to make.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -54,8 +56,122 @@ DONE_STATES = {"COMPLETED"}
 FAILED_STATES = {"FAILED", "COMPLETED_WITH_ERROR", "CANCELLED", "EXPIRED"}
 
 
+#: ``pooling_mode`` values ML Commons parses: ``PoolingMode.from`` is ``valueOf(text.toUpperCase())``, so the
+#: enum *constant* names count (``weighted_mean``, ``mean_sqrt_len``, ``last_token``), not the display names
+#: (``weightedmean``, ``lasttoken``) that sentence-transformers and ML Commons' own output use.
+#: Source: ml-commons common/.../model/TextEmbeddingModelConfig.java (``PoolingMode``).
+POOLING_MODES = {
+    "mean": "mean",
+    "mean_sqrt_len": "mean_sqrt_len",
+    "mean_sqrt_len_tokens": "mean_sqrt_len",
+    "max": "max",
+    "weighted_mean": "weighted_mean",
+    "weightedmean": "weighted_mean",
+    "cls": "cls",
+}
+#: ML Commons' ONNX translator (ONNXSentenceTransformerTextEmbeddingTranslator.processInput) feeds
+#: ``token_type_ids`` only to these ``model_type`` values; any other model gets input_ids + attention_mask.
+TOKEN_TYPE_MODELS = ("bert", "albert")
+#: Cluster settings a local-file ONNX upload needs (ML Commons 2.x defaults in the comments).
+REQUIRED_SETTINGS = {
+    "plugins.ml_commons.allow_registering_model_via_local_file": "true",  # default false
+}
+
+
 class MLCommonsError(BackendError):
     """A model registration, upload or deployment step failed; the message says what to check."""
+
+
+def ml_commons_model_config(
+    model_config: dict[str, Any], input_names: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """``model_config`` with ``pooling_mode`` spelt the way ML Commons parses it; raises
+    :class:`MLCommonsError` when ML Commons cannot run the graph as exported.
+
+    ``input_names`` are the ONNX graph's inputs: ML Commons feeds ``token_type_ids`` exactly when
+    ``model_type`` is bert/albert, so a graph that wants them otherwise (or lacks them for bert)
+    fails at the first prediction; this says so before anything is uploaded."""
+    config = dict(model_config)
+    raw = str(config.get("pooling_mode", "mean"))
+    pooling = POOLING_MODES.get(raw.lower())
+    if pooling is None:
+        raise MLCommonsError(
+            f"ML Commons cannot pool with {raw!r}; it knows {sorted(set(POOLING_MODES.values()))}. "
+            "Serve this model with OnnxEncoder instead of --register-model."
+        )
+    config["pooling_mode"] = pooling
+    if input_names is not None:
+        model_type = str(config.get("model_type", "")).lower()
+        fed = {"input_ids", "attention_mask"} | ({"token_type_ids"} if model_type in TOKEN_TYPE_MODELS else set())
+        if set(input_names) != fed:
+            raise MLCommonsError(
+                f"ML Commons feeds a {model_type or 'unknown'!r} model the inputs {sorted(fed)} (token_type_ids only "
+                f"for {'/'.join(TOKEN_TYPE_MODELS)}), but the exported graph takes {sorted(input_names)}; "
+                "the first prediction would fail. Re-export the model with exactly those inputs."
+            )
+    return config
+
+
+def _setting_value(settings: dict[str, Any], name: str) -> str | None:
+    """A flat setting from ``GET _cluster/settings?include_defaults&flat_settings`` (transient wins)."""
+    for scope in ("transient", "persistent", "defaults"):
+        value = (settings.get(scope) or {}).get(name)
+        if value is not None:
+            return str(value).lower()
+    return None
+
+
+def settings_call(changes: dict[str, Any]) -> str:
+    """The exact request that makes ``changes`` (a copy-pasteable Dev Tools / curl body)."""
+    return "PUT _cluster/settings " + json.dumps({"persistent": changes}, separators=(", ", ": "))
+
+
+def check_ml_settings(client: Any, *, has_ml_node: bool | None = None) -> dict[str, str]:
+    """Read ``GET _cluster/settings?include_defaults=true`` and raise :class:`MLCommonsError` naming the
+    exact settings call when a local-file upload or its deployment would be refused; returns the
+    ML Commons settings read (for the report).
+
+    Checked: ``allow_registering_model_via_local_file`` must be true; ``only_run_on_ml_node`` must be
+    false unless the cluster has a node with the ``ml`` role (``has_ml_node``; read from
+    ``GET _nodes`` when None); ``native_memory_threshold`` and ``jvm_heap_memory_threshold`` at 100
+    are not required but are named in the deploy error when a deploy is refused for memory."""
+    current = _request(
+        client, "GET", "/_cluster/settings", action="reading the cluster settings",
+        params={"include_defaults": "true", "flat_settings": "true"},
+    )
+    read = {
+        name: _setting_value(current, name) or ""
+        for name in (
+            *REQUIRED_SETTINGS,
+            "plugins.ml_commons.only_run_on_ml_node",
+            "plugins.ml_commons.native_memory_threshold",
+            "plugins.ml_commons.jvm_heap_memory_threshold",
+        )
+    }
+    if not any(read.values()):
+        raise MLCommonsError(
+            "the cluster reports no plugins.ml_commons.* settings: the ml-commons plugin is missing "
+            "(install opensearch-ml, bundled with the full distribution)"
+        )
+    changes: dict[str, Any] = {}
+    for name, wanted in REQUIRED_SETTINGS.items():
+        if read[name] != wanted:
+            changes[name] = wanted == "true"
+    if read["plugins.ml_commons.only_run_on_ml_node"] == "true":
+        if has_ml_node is None:
+            nodes = _request(client, "GET", "/_nodes", action="listing the nodes")
+            roles = [set(n.get("roles", [])) for n in (nodes.get("nodes") or {}).values()]
+            has_ml_node = any("ml" in r for r in roles)
+        if not has_ml_node:
+            changes["plugins.ml_commons.only_run_on_ml_node"] = False
+    if changes:
+        raise MLCommonsError(
+            "the cluster's ML Commons settings refuse this upload (" + ", ".join(
+                f"{k} is {read.get(k) or 'unset'}" for k in changes
+            ) + "). Ask an administrator to run:\n  " + settings_call(changes)
+            + "\nor pass --no-register-model. Nothing was uploaded."
+        )
+    return read
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +187,12 @@ class RegisteredModel:
     ingest_pipeline: str | None = None
 
 
-def _request(client: Any, method: str, path: str, body: Any = None, action: str = "") -> dict[str, Any]:
+def _request(
+    client: Any, method: str, path: str, body: Any = None, action: str = "", params: dict[str, str] | None = None
+) -> dict[str, Any]:
     """One ML Commons call through the client's transport; errors become :class:`MLCommonsError`."""
     try:
-        resp = client.transport.perform_request(method, path, body=body)
+        resp = client.transport.perform_request(method, path, params=params, body=body)
     except Exception as exc:  # noqa: BLE001 - client errors of every kind are translated/logged
         status = getattr(exc, "status_code", None)
         info = getattr(exc, "info", None)
@@ -84,11 +202,17 @@ def _request(client: Any, method: str, path: str, body: Any = None, action: str 
             hint = " The ml-commons plugin is missing: install opensearch-ml (bundled with the full distribution)."
         elif "only_run_on_ml_node" in str(reason) or "No eligible node" in str(reason):
             hint = (
-                " No ML node can run the model: add an ML node, or set the cluster setting "
-                "plugins.ml_commons.only_run_on_ml_node to false."
+                " No ML node can run the model: add a node with the ml role, or run:\n  "
+                + settings_call({"plugins.ml_commons.only_run_on_ml_node": False})
             )
         elif "allow_registering_model_via" in str(reason):
-            hint = " Allow it with the cluster setting named in the message."
+            hint = " Allow it with:\n  " + settings_call({"plugins.ml_commons.allow_registering_model_via_local_file": True})
+        elif "memory" in str(reason).lower() and "circuit" in str(reason).lower():
+            hint = (
+                " An ML Commons memory circuit breaker is open: free memory on the node, or raise it with:\n  "
+                + settings_call({"plugins.ml_commons.native_memory_threshold": 100,
+                                 "plugins.ml_commons.jvm_heap_memory_threshold": 100})
+            )
         raise MLCommonsError(
             f"ML Commons refused {action or method + ' ' + path} (status {status}): {str(reason)[:400]}.{hint}"
         ) from None
@@ -142,19 +266,24 @@ def embedding_script(
     title_field: str | None, text_fields: Sequence[str], target: str = TEXT_TMP_FIELD
 ) -> str:
     """Painless source that writes the passage text the way :meth:`Document.full_text` builds it:
-    the text fields joined by a blank line, the title in front separated by one space."""
+    the text fields joined by a blank line, the title in front separated by one space; nothing when
+    the document has no text (then it is indexed without a vector instead of being rejected)."""
     lines = ["def parts = [];"]
     for f in text_fields:
         lines.append(
             f"if (ctx['{f}'] instanceof String && ctx['{f}'].trim() != '') {{ parts.add(ctx['{f}'].trim()); }}"
         )
-    lines.append("String text = String.join('\\n\\n', parts);")
+    # Painless string literals know no \\n escape (a compile error on the node): build the blank line
+    lines.append("String sep = String.valueOf((char) 10) + String.valueOf((char) 10);")
+    lines.append("String text = String.join(sep, parts);")
     if title_field:
         lines.append(
             f"if (ctx['{title_field}'] instanceof String && ctx['{title_field}'].trim() != '') "
             f"{{ text = (ctx['{title_field}'].trim() + ' ' + text).trim(); }}"
         )
-    lines.append(f"ctx['{target}'] = text;")
+    # only when there is text: text_embedding rejects an empty string (the whole document with it),
+    # while a missing field is skipped, so a document without text is indexed without a vector
+    lines.append(f"if (text != '') {{ ctx['{target}'] = text; }}")
     return " ".join(lines)
 
 
@@ -182,6 +311,23 @@ def neural_query_enricher(model_id: str) -> dict[str, Any]:
     }
 
 
+def _task_hint(error: str) -> str:
+    """What a failed deploy's error means, where we know it."""
+    if "djl.ai" in error or "pytorch" in error.lower() and "download" in error.lower():
+        return (
+            ". The ML node tried to download DJL's native PyTorch library (ML Commons' ONNX engine uses it for "
+            "tensor work) from publish.djl.ai and could not reach it: the model was uploaded but cannot be "
+            "deployed. Let the ML nodes reach publish.djl.ai once (the library is cached under ~/.djl.ai / "
+            "$DJL_CACHE_DIR), or serve the model with rgpl-adapt's OnnxEncoder (search embeds queries "
+            "client-side)."
+        )
+    if "Charsets.toCharset" in error or "NoSuchMethodError" in error:
+        return ". A plugin class conflict on the node (a jar older than ML Commons needs shadows its own)."
+    if "hash" in error.lower():
+        return ". The uploaded chunks do not hash to model_content_hash_value: upload again."
+    return ""
+
+
 def wait_for_task(
     client: Any,
     task_id: str,
@@ -199,9 +345,8 @@ def wait_for_task(
         if state in DONE_STATES:
             return task
         if state in FAILED_STATES:
-            raise MLCommonsError(
-                f"ML Commons {action} task {task_id} ended {state}: {str(task.get('error', ''))[:400]}"
-            )
+            error = str(task.get("error", ""))
+            raise MLCommonsError(f"ML Commons {action} task {task_id} ended {state}: {error[:400]}{_task_hint(error)}")
         if time.monotonic() > deadline:
             raise MLCommonsError(
                 f"ML Commons {action} task {task_id} still {state or 'unknown'} after {timeout_s:.0f}s; "
@@ -222,9 +367,18 @@ def register_and_deploy(
     timeout_s: float = 600.0,
     poll_s: float = 2.0,
     sleep: Callable[[float], None] = time.sleep,
+    input_names: Sequence[str] | None = None,
+    check_settings: bool = True,
 ) -> RegisteredModel:
     """Create a model group, register the model's metadata, upload the zip in chunks, deploy it
-    and wait until it is deployed (steps 1-4 of the module docstring)."""
+    and wait until it is deployed (steps 1-4 of the module docstring).
+
+    First, before anything is uploaded: ``model_config`` is checked and its pooling name spelt the way
+    ML Commons parses it (:func:`ml_commons_model_config`, with the graph's ``input_names`` when given),
+    and the cluster settings are read (:func:`check_ml_settings`, skipped with ``check_settings=False``)."""
+    model_config = ml_commons_model_config(model_config, input_names)
+    if check_settings:
+        check_ml_settings(client)
     size = Path(zip_path).stat().st_size
     total = max(1, math.ceil(size / chunk_bytes))
     group = _request(

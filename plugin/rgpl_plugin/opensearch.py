@@ -21,6 +21,7 @@ import numpy as np
 
 from rgpl_plugin import mappings as m
 from rgpl_plugin.base import BackendError, Document, FusionMethod, Hit, batched
+from rgpl_plugin.cluster_checks import refuse_serverless, refuse_serverless_info
 from rgpl_plugin.connection import ClusterSettings
 from rgpl_plugin.errors import (
     BulkWriteError,
@@ -96,6 +97,8 @@ class OpenSearchBackend:
         sample_size: int = 50,
     ) -> None:
         if isinstance(client_or_settings, ClusterSettings):
+            refuse_serverless(client_or_settings.aws_service if client_or_settings.aws_region else None,
+                              client_or_settings.urls)
             self.settings: ClusterSettings | None = client_or_settings
             self.client = self._make_client(client_or_settings)
             self._owns_client = True
@@ -172,6 +175,7 @@ class OpenSearchBackend:
         """The cluster's version number (``GET /``), cached."""
         if self._version is None:
             info = self._call("reading the cluster version", self.client.info)
+            refuse_serverless_info(info)
             self._version = str(info.get("version", {}).get("number", "0"))
             if info.get("version", {}).get("distribution") != "opensearch":
                 log.info("cluster does not report distribution 'opensearch': %s", info.get("version"))
@@ -471,7 +475,7 @@ class OpenSearchBackend:
             text_props = {f: props[f] for f in (title, *texts) if f and f in props}
         body = m.shadow_index_body(
             dimension, vector_field=self.vector_field, text_properties=text_props, engine=self.engine,
-            m=self.hnsw_m, ef_construction=self.ef_construction,
+            m=self.hnsw_m, ef_construction=self.ef_construction, source_settings=self.source_settings(),
         )
         try:
             self.client.indices.create(index=shadow, body=body)
@@ -482,6 +486,15 @@ class OpenSearchBackend:
             raise self._error(exc, "creating a k-NN shadow index", shadow) from None
         self._loading.add(space)
         log.info("created shadow index %s (%d-d, %s)", shadow, dimension, self.engine)
+
+    def source_settings(self) -> dict[str, Any]:
+        """``settings.index`` of the (first) index behind :attr:`index` (its analyzers and limits are
+        copied into shadow indices: :func:`rgpl_plugin.mappings.copyable_index_settings`)."""
+        resp = self._call("reading the index settings", self.client.indices.get_settings, index=self.index)
+        resp = getattr(resp, "body", resp)
+        first = next(iter(resp.values()), {}) if isinstance(resp, Mapping) and resp else {}
+        index = first.get("settings", {}).get("index", {}) if isinstance(first, Mapping) else {}
+        return dict(index) if isinstance(index, Mapping) else {}
 
     def put_vectors(self, space: str, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Index (id, vector) pairs into the shadow index of ``space`` with ``streaming_bulk``
@@ -651,7 +664,14 @@ def put_hybrid_pipeline(
 ) -> dict[str, Any]:
     """Create or replace search pipeline ``name`` for the ``hybrid`` query; returns its body."""
     body = m.rrf_pipeline(rank_constant) if method == "rrf" else m.normalization_pipeline(weight)
-    client.search_pipeline.put(id=name, body=body)
+    try:
+        client.search_pipeline.put(id=name, body=body)
+    except Exception as exc:
+        if method != "rrf" or getattr(exc, "status_code", None) != 400 or "parameter" not in str(exc).lower():
+            raise
+        # a neural-search that reads rank_constant beside the technique refuses it in parameters
+        body = m.rrf_pipeline(rank_constant, legacy_shape=True)
+        client.search_pipeline.put(id=name, body=body)
     return body
 
 

@@ -12,6 +12,8 @@ public class Node {
         runner.onBuild((index, settings) -> {
             settings.put("network.host", "127.0.0.1");
             settings.put("cluster.routing.allocation.disk.threshold_enabled", "false");
+            // the runner's default roles leave out ingest: ingest pipelines (ML Commons' text_embedding) need it
+            settings.putList("node.roles", "cluster_manager", "data", "ingest");
             if (transportPort != null) {
                 settings.put("transport.port", transportPort);
             }

@@ -190,6 +190,10 @@ class FakeCluster:
             return 200, {"docs": docs}
         if action in ("_refresh",):
             return 200, {"_shards": SHARDS}
+        if action == "_settings" and method == "GET":
+            return 200, {index: {"settings": {"index": {"number_of_shards": "1", "number_of_replicas": "1",
+                                                        "uuid": "u", "provided_name": index,
+                                                        **getattr(self, "index_settings", {})}}}}
         if action == "_settings":
             return 200, {"acknowledged": True}
         return 400, {"error": {"type": "illegal_argument_exception", "reason": f"fake: no handler for {method} {path}"},

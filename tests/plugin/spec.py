@@ -4,7 +4,8 @@ Loads ``spec/namespaces/*.yaml`` and ``spec/schemas/*.yaml`` (OpenAPI 3.1, split
 with relative ``$ref``s) into a ``referencing`` registry, finds the operation for a
 (method, path) and validates request bodies and responses with jsonschema (draft 2020-12).
 
-Two adjustments, both making validation stricter, never looser:
+Two adjustments, both making validation stricter, never looser, and ``SPEC_FIXES`` where the spec
+contradicts what the engine reads (each documented there):
 
 * ``QueryContainer`` gets ``additionalProperties: false``, so a misspelt or invented query type
   fails (the spec leaves every object open);
@@ -29,6 +30,26 @@ from referencing.jsonschema import DRAFT202012
 SPEC_ROOT = Path("/work/shared/opensearch-api-spec/spec")
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 STRICT = {("schemas/_common.query_dsl.yaml", "QueryContainer")}
+#: Where the spec is wrong about what the engine reads, the engine's behaviour wins (each fix says why).
+#: ``ScoreRankerCombination`` lists ``rank_constant`` beside ``technique`` only; neural-search 2.19 reads it
+#: from ``combination.parameters`` and silently ignores it beside the technique (measured on a real 2.19.1
+#: node, tests/cluster/test_findings_node.py). The fix adds ``parameters`` and closes the object, so a
+#: misspelt key fails.
+SPEC_FIXES = {
+    ("schemas/search_pipeline._common.yaml", "ScoreRankerCombination"): {
+        "properties": {
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "rank_constant": {"type": "integer", "minimum": 1, "maximum": 10000},
+                    "weights": {"type": "array", "items": {"type": "number"}},
+                },
+                "additionalProperties": False,
+            }
+        },
+        "additionalProperties": False,
+    },
+}
 
 
 class SpecError(AssertionError):
@@ -54,6 +75,11 @@ class OpenSearchSpec:
         for rel, name in STRICT:
             schema = self.documents[(root / rel).resolve().as_uri()]["components"]["schemas"][name]
             schema["additionalProperties"] = False
+        for (rel, name), fix in SPEC_FIXES.items():
+            schema = self.documents[(root / rel).resolve().as_uri()]["components"]["schemas"][name]
+            schema.setdefault("properties", {}).update(fix.get("properties", {}))
+            if "additionalProperties" in fix:
+                schema["additionalProperties"] = fix["additionalProperties"]
         self.registry = Registry().with_resources(
             (uri, Resource.from_contents(doc, default_specification=DRAFT202012)) for uri, doc in self.documents.items()
         )

@@ -10,23 +10,42 @@ from typing import Any
 
 import numpy as np
 import pytest
+from rgpl_plugin import cluster_checks
 from rgpl_plugin.base import Backend
 from rgpl_plugin.connection import ClusterSettings
 from rgpl_plugin.elasticsearch import ElasticsearchBackend
-from rgpl_plugin.errors import BulkWriteError, ClusterAuthError, IndexMissingError, VersionTooOldError
+from rgpl_plugin.errors import (
+    BulkWriteError,
+    ClusterAuthError,
+    IndexMissingError,
+    LicenseError,
+    UnsupportedClusterError,
+    VersionTooOldError,
+)
 
 from tests.plugin.conftest import Exchange, FakeCluster
 from tests.plugin.spec import parse_body
 
 
 class FakeElastic(FakeCluster):
-    """FakeCluster answering Elasticsearch paths and bodies."""
+    """FakeCluster answering Elasticsearch paths and bodies. ``licence`` is what ``GET _license``
+    reports; an Enterprise/trial-only retriever on another licence gets ES's 403
+    (``current license is non-compliant``)."""
+
+    licence = "trial"
+    rejects_other_client = True  # an 8.x node refuses the 9 client's compatible-with=9 header
 
     def handle(self, method: str, path: str, params: dict, body: Any) -> tuple[int, Any]:
         for override in self.overrides:
             answer = override(method, path, params, body)
             if answer is not None:
                 return answer
+        if path == "/_license":
+            return 200, {"license": {"status": "active", "type": self.licence}}
+        if isinstance(body, dict) and "retriever" in body and self.licence not in ("trial", "enterprise"):
+            (kind,) = body["retriever"]
+            return 403, {"error": {"type": "security_exception",
+                                   "reason": f"current license is non-compliant for [{kind}]"}, "status": 403}
         if path == "/":
             return 200, {"version": {"number": self.version, "build_flavor": "default"}, "tagline": "You Know, for Search"}
         if path.endswith("/_pit") and method == "POST":
@@ -67,6 +86,17 @@ def es_client(cluster: FakeCluster, **kwargs: Any) -> Any:
     class RecordingNode(BaseNode):
         def perform_request(self, method, target, body=None, headers=None, request_timeout=None):
             path, _, query = target.partition("?")
+            accept = str((headers or {}).get("accept", ""))
+            server_major = cluster.version.split(".")[0]
+            if "compatible-with=" in accept and f"compatible-with={server_major}" not in accept \
+                    and server_major == "8" and cluster.rejects_other_client:
+                status, response = 400, {"error": {"type": "media_type_header_exception",
+                                                   "reason": "Invalid media-type value on headers [Accept]"},
+                                         "status": 400}
+                meta = ApiResponseMeta(status=status, http_version="1.1", duration=0.0, node=self.config,
+                                       headers=HttpHeaders({"content-type": "application/json",
+                                                            "x-elastic-product": "Elasticsearch"}))
+                return NodeApiResponse(meta, json.dumps(response).encode())
             params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
             parsed = parse_body(body)
             status, response = cluster.handle(method, path, params, parsed)
@@ -112,8 +142,9 @@ def test_dense_vector_shadow_and_knn_scores(es, documents):
     vecs = es.vectors
     backend.put_vectors("s", [d.id for d in documents], vecs)
     create = next(ex for ex in es.exchanges if ex.method == "PUT" and ex.path == "/corpus-rgpl-shadow-s")
-    assert create.body["mappings"]["properties"]["rgpl_vector"] == {
-        "type": "dense_vector", "dims": 8, "index": True, "similarity": "max_inner_product"}
+    assert create.body["mappings"]["properties"]["rgpl_vector"] == {  # float HNSW, not int8/bbq (finding 13)
+        "type": "dense_vector", "dims": 8, "index": True, "similarity": "max_inner_product",
+        "index_options": {"type": "hnsw"}}
     assert create.body["settings"]["index"]["refresh_interval"] == "-1"
     q = vecs[[1, 7]]
     for exact in (False, True):
@@ -132,7 +163,7 @@ def test_dense_vector_shadow_and_knn_scores(es, documents):
     assert not backend.has_vectors("s")
 
 
-def test_hybrid_retrievers_and_version_checks(es, documents):
+def test_hybrid_retrievers_and_version_checks(es, documents, monkeypatch):
     backend = _backend(es)
     backend.put_vectors("s", [d.id for d in documents], es.vectors)
     backend.hybrid_search("s", ["heart"], es.vectors[:1], k=3, weight=0.4)
@@ -142,6 +173,8 @@ def test_hybrid_retrievers_and_version_checks(es, documents):
     assert [r["weight"] for r in linear["retrievers"]] == [0.6, 0.4]
     assert "standard" in linear["retrievers"][0]["retriever"] and "knn" in linear["retrievers"][1]["retriever"]
     assert rrf["rank_constant"] == 60 and len(rrf["retrievers"]) == 2
+    monkeypatch.setattr(cluster_checks, "es_client_major", lambda: 8)  # as with an elasticsearch8 client
+    monkeypatch.setattr(FakeElastic, "rejects_other_client", False)
     with pytest.raises(VersionTooOldError, match="8.18"):
         _backend(FakeElastic(docs=documents, version="8.17.0")).hybrid_search("s", ["x"], np.ones((1, 8)), 3)
     with pytest.raises(VersionTooOldError, match="8.14"):
@@ -171,3 +204,41 @@ def test_bulk_429_retries(es, documents):
     es.bulk_429 = 10**6
     with pytest.raises(BulkWriteError):
         _backend(es, max_retries=1).put_vectors("t", ["d1"], es.vectors[:1])
+
+
+def test_basic_licence_fuses_on_the_client(es, documents):
+    """Finding 12: rrf/linear retrievers are Enterprise/trial only; on basic the backend reads
+    GET _license, sends no retriever, and fuses BM25 + k-NN itself (rgpl_plugin.fusion)."""
+    from rgpl_plugin.fusion import fuse
+
+    es.licence = "basic"
+    backend = _backend(es)
+    backend.put_vectors("s", [d.id for d in documents], es.vectors)
+    for method in ("min_max", "rrf"):
+        hits = backend.hybrid_search("s", ["heart"], es.vectors[:1], k=3, weight=0.4, method=method)
+        assert backend.fused_on_client is True
+        bm25, dense = backend.bm25_search(["heart"], 3)[0], backend.knn_search("s", es.vectors[:1], 3)[0]
+        assert [h.doc_id for h in hits[0]] == [h.doc_id for h in fuse(bm25, dense, 3, weight=0.4, method=method)]
+    assert not any(isinstance(ex.body, dict) and "retriever" in ex.body for ex in es.exchanges)
+    assert any(ex.path == "/_license" for ex in es.exchanges)
+
+
+def test_licence_403_does_not_blame_role_permissions(es, documents):
+    es.licence = "basic"
+    backend = _backend(es)
+    with pytest.raises(LicenseError) as info:
+        backend._call("hybrid search", backend.client.search, index="corpus",
+                      body={"retriever": {"rrf": {"retrievers": []}}})
+    assert "licence" in str(info.value) and "lacks a permission" not in str(info.value)
+    assert "Grant the role" not in str(info.value)
+
+
+def test_client_major_mismatch_says_which_client_to_install(documents, monkeypatch):
+    """Finding 14: the 9 client against an 8.x server (rejected with media_type_header_exception)."""
+    cluster = FakeElastic(docs=documents, version="8.15.0")
+    with pytest.raises(UnsupportedClusterError, match=r"elasticsearch>=8,<9.*elasticsearch8"):
+        _backend(cluster).version()
+    monkeypatch.setattr(cluster_checks, "es_client_major", lambda: 8)
+    with pytest.raises(UnsupportedClusterError, match=r"9.1.0.*elasticsearch>=9,<10"):
+        cluster_checks.check_es_client_major("9.1.0", 8)
+    cluster_checks.check_es_client_major("8.15.0", 8)  # matching majors pass

@@ -82,7 +82,8 @@ def test_opensearch_bodies_follow_the_spec(spec):
 def test_elasticsearch_bodies():
     vec = np.ones(3, dtype=np.float32)
     field = m.es_shadow_index_body(3)["mappings"]["properties"]["rgpl_vector"]
-    assert field == {"type": "dense_vector", "dims": 3, "index": True, "similarity": "max_inner_product"}
+    assert field == {"type": "dense_vector", "dims": 3, "index": True, "similarity": "max_inner_product",
+                     "index_options": {"type": "hnsw"}}  # float, not quantised (finding 13)
     knn = m.es_knn_section("v", vec, 10)
     assert knn["k"] == 10 and knn["num_candidates"] >= 10
     rrf = m.es_hybrid_retriever("q", ["text"], "v", vec, 5, method="rrf")
@@ -91,3 +92,29 @@ def test_elasticsearch_bodies():
     assert [r["weight"] for r in linear["linear"]["retrievers"]] == [0.8, 0.2]
     assert {r["normalizer"] for r in linear["linear"]["retrievers"]} == {"minmax"}
     assert "knn" not in m.version_index_body({"properties": {}}, {}, 3, es=True)["settings"]["index"]
+
+
+def test_shadow_and_version_bodies_copy_analysis_and_limits_not_identity():
+    """Finding 9: custom analyzers and index limits travel into shadow and version indices;
+    uuid, creation_date, version, provided_name, routing and the replicas do not."""
+    source = {
+        "number_of_shards": "2", "number_of_replicas": "1", "uuid": "abc", "creation_date": "1",
+        "provided_name": "docs", "version": {"created": "136387927"}, "routing": {"allocation": {"x": "y"}},
+        "max_ngram_diff": "5", "mapping": {"total_fields": {"limit": "3000"}},
+        "analysis": {"analyzer": {"grams": {"type": "custom", "tokenizer": "standard", "filter": ["g"]}},
+                     "filter": {"g": {"type": "ngram", "min_gram": "2", "max_gram": "6"}}},
+    }
+    copied = m.copyable_index_settings(source)
+    assert copied == {k: source[k] for k in ("analysis", "max_ngram_diff", "mapping")}
+    flat = m.copyable_index_settings({"index.max_ngram_diff": "5", "index.mapping.total_fields.limit": "3000",
+                                      "index.uuid": "abc"})
+    assert flat == {"max_ngram_diff": "5", "mapping": {"total_fields": {"limit": "3000"}}}
+    shadow = m.shadow_index_body(4, text_properties={"text": {"type": "text", "analyzer": "grams"}},
+                                 source_settings=source)["settings"]["index"]
+    assert shadow["analysis"] == source["analysis"] and shadow["max_ngram_diff"] == "5"
+    assert shadow["number_of_replicas"] == 0 and "uuid" not in shadow and "routing" not in shadow
+    version = m.version_index_body({"properties": {}}, source, 4)["settings"]["index"]
+    assert version["analysis"] == source["analysis"] and version["mapping"]["total_fields"]["limit"] == "3000"
+    assert version["number_of_shards"] == "2" and not {"uuid", "provided_name", "version", "creation_date"} & set(version)
+    es = m.es_shadow_index_body(4, source_settings=source)["settings"]["index"]
+    assert es["analysis"] == source["analysis"]

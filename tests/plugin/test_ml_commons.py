@@ -16,7 +16,9 @@ from urllib.parse import unquote
 import pytest
 from rgpl_plugin.ml_commons import (
     MLCommonsError,
+    check_ml_settings,
     embedding_script,
+    ml_commons_model_config,
     neural_query_enricher,
     register_and_deploy,
     text_embedding_pipeline,
@@ -42,6 +44,15 @@ class ServingFake(FakeCluster):
     task_polls: int = 0
     reindex_tasks: dict[str, Any] = field(default_factory=dict)
     deploy_state: str = "COMPLETED"
+    #: what ``GET _cluster/settings?include_defaults`` reports (flat); ML Commons' defaults are the
+    #: other way for the first two, so tests of the refusal set them back
+    ml_settings: dict[str, str] = field(default_factory=lambda: {
+        "plugins.ml_commons.allow_registering_model_via_local_file": "true",
+        "plugins.ml_commons.only_run_on_ml_node": "false",
+        "plugins.ml_commons.native_memory_threshold": "90",
+        "plugins.ml_commons.jvm_heap_memory_threshold": "85",
+    })
+    node_roles: tuple[str, ...] = ("cluster_manager", "data", "ingest")
 
     def resolve(self, name: str) -> str:
         return self.aliases.get(name, name)
@@ -54,6 +65,11 @@ class ServingFake(FakeCluster):
         parts = [unquote(p) for p in path.strip("/").split("/") if p]
         if parts[:2] == ["_plugins", "_ml"]:
             return self._ml(method, parts[2:], body)
+        if parts == ["_cluster", "settings"] and method == "GET":
+            return 200, {"persistent": {}, "transient": {}, "defaults": dict(self.ml_settings)}
+        if parts == ["_nodes"]:
+            return 200, {"_nodes": {"total": 1, "successful": 1, "failed": 0}, "cluster_name": "c",
+                         "nodes": {"n1": {"name": "n1", "roles": list(self.node_roles)}}}
         if len(parts) == 3 and parts[1] == "_alias" and method == "GET":  # GET <index>/_alias/<name>
             index, name = parts[0], parts[2]
             if self.aliases.get(name) != index:
@@ -275,8 +291,9 @@ def test_register_uploads_in_order_and_deploys(spec, documents, model_zip):
     assert b"".join(cluster.chunks[i] for i in range(3)) == data and sorted(cluster.chunks) == [0, 1, 2]
     assert cluster.meta["total_chunks"] == 3 and cluster.meta["model_content_hash_value"] == sha
     assert cluster.meta["model_format"] == "ONNX" and cluster.meta["function_name"] == "TEXT_EMBEDDING"
-    assert cluster.meta["model_config"] == CONFIG
+    assert cluster.meta["model_config"] == {**CONFIG, "pooling_mode": "mean"}
     order = [ex.path for ex in cluster.exchanges]
+    assert order.pop(0) == "/_cluster/settings"  # checked before anything is uploaded
     assert order[:2] == [f"{ML}/model_groups/_register", f"{ML}/models/_register_meta"]
     assert order[2:5] == [f"{ML}/models/model-1/upload_chunk/{i}" for i in range(3)]
     assert order[5] == f"{ML}/models/model-1/_deploy" and order[6:] == [f"{ML}/tasks/task-1"] * 2
@@ -330,7 +347,7 @@ def test_pipeline_bodies_follow_the_spec(spec):
     assert embed == {"model_id": "model-1", "field_map": {"rgpl_embedding_text": "rgpl_vector"}}
     assert body["processors"][2] == {"remove": {"field": "rgpl_embedding_text", "ignore_missing": True}}
     script = embedding_script("title", ["text", "body"])
-    assert "String.join('\\n\\n', parts)" in script and "ctx['title'].trim() + ' ' + text" in script
+    assert "String.join(sep, parts)" in script and "(char) 10" in script and "ctx['title'].trim() + ' ' + text" in script
     with pytest.raises(ValueError, match="ingest script"):
         text_embedding_pipeline("m", None, ["it's"], "v")
     from rgpl_plugin.mappings import normalization_pipeline
@@ -338,3 +355,60 @@ def test_pipeline_bodies_follow_the_spec(spec):
     search = {**normalization_pipeline(0.3), "request_processors": [neural_query_enricher("model-1")]}
     spec.validate_request("PUT", "/_search/pipeline/p", search)
     assert search["request_processors"][0]["neural_query_enricher"]["default_model_id"] == "model-1"
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [("weightedmean", "weighted_mean"), ("mean_sqrt_len_tokens", "mean_sqrt_len"), ("mean", "mean"),
+     ("MEAN", "mean"), ("cls", "cls"), ("max", "max")],
+)
+def test_pooling_is_spelt_as_ml_commons_parses_it(ours, theirs):
+    """Finding 4: ML Commons parses pooling_mode with PoolingMode.valueOf(text.toUpperCase()), so
+    'weightedmean' is 'Wrong pooling method'; the enum constant WEIGHTED_MEAN is the name to send."""
+    assert ml_commons_model_config({**CONFIG, "pooling_mode": ours})["pooling_mode"] == theirs
+    with pytest.raises(MLCommonsError, match="cannot pool with 'lasttoken'"):
+        ml_commons_model_config({**CONFIG, "pooling_mode": "lasttoken"})
+
+
+def test_token_type_ids_only_for_bert_and_albert():
+    """Finding 4: ML Commons feeds token_type_ids to bert/albert only (ONNX translator)."""
+    three = ["input_ids", "attention_mask", "token_type_ids"]
+    assert ml_commons_model_config({**CONFIG, "model_type": "bert"}, three)
+    assert ml_commons_model_config({**CONFIG, "model_type": "mpnet"}, three[:2])
+    with pytest.raises(MLCommonsError, match="'electra'.*token_type_ids only for bert/albert"):
+        ml_commons_model_config({**CONFIG, "model_type": "electra"}, three)
+    with pytest.raises(MLCommonsError, match="Re-export"):
+        ml_commons_model_config({**CONFIG, "model_type": "albert"}, three[:2])
+
+
+def test_settings_are_checked_before_uploading_and_the_call_is_printed(documents, model_zip):
+    """Finding 5: ML Commons' defaults refuse a local-file upload (and, without an ml node, the
+    deploy); nothing is uploaded and the error carries the exact settings call."""
+    path, sha, _ = model_zip
+    cluster = ServingFake(docs=documents)
+    cluster.ml_settings.update({
+        "plugins.ml_commons.allow_registering_model_via_local_file": "false",
+        "plugins.ml_commons.only_run_on_ml_node": "true",
+    })
+    with pytest.raises(MLCommonsError) as err:
+        register_and_deploy(serving_client(cluster), path, sha, CONFIG, name="m", version="1")
+    assert ('PUT _cluster/settings {"persistent": {"plugins.ml_commons.allow_registering_model_via_local_file": '
+            'true, "plugins.ml_commons.only_run_on_ml_node": false}}') in str(err.value)
+    assert not any(ex.path.startswith(ML) for ex in cluster.exchanges)  # nothing uploaded
+    cluster.node_roles = ("data", "ml")  # an ml node: only the upload setting is missing
+    with pytest.raises(MLCommonsError) as err:
+        check_ml_settings(serving_client(cluster))
+    assert "only_run_on_ml_node" not in str(err.value)
+    cluster.ml_settings["plugins.ml_commons.allow_registering_model_via_local_file"] = "true"
+    read = check_ml_settings(serving_client(cluster))
+    assert read["plugins.ml_commons.native_memory_threshold"] == "90"
+    none = ServingFake(docs=documents, ml_settings={})
+    with pytest.raises(MLCommonsError, match="ml-commons plugin is missing"):
+        check_ml_settings(serving_client(none))
+
+
+def test_ingest_script_leaves_the_field_out_for_documents_without_text():
+    """Finding 6: text_embedding rejects an empty string (and the document); a missing field is skipped."""
+    script = embedding_script("title", ["text"])
+    assert "if (text != '') { ctx['rgpl_embedding_text'] = text; }" in script
+    assert "ctx['rgpl_embedding_text'] = text;" not in script.replace("{ ctx['rgpl_embedding_text'] = text; }", "")

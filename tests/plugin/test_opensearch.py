@@ -138,8 +138,10 @@ def test_hybrid_pipeline_bodies_and_version_checks(fake_cluster, documents):
     assert search.params["search_pipeline"] == put.path.rsplit("/", 1)[1]
     assert [next(iter(q)) for q in search.body["query"]["hybrid"]["queries"]] == ["multi_match", "knn"]
     rrf = put_hybrid_pipeline(backend.client, "p", method="rrf", rank_constant=40)
+    # neural-search 2.19 reads rank_constant from combination.parameters (the spec puts it beside
+    # the technique, where a real 2.19.1 node ignores it: tests/cluster/test_findings_node.py)
     assert rrf["phase_results_processors"][0]["score-ranker-processor"]["combination"] == {
-        "technique": "rrf", "rank_constant": 40}
+        "technique": "rrf", "parameters": {"rank_constant": 40}}
     old = _backend(FakeCluster(docs=documents, version="2.18.0"))
     with pytest.raises(VersionTooOldError, match="2.19"):
         old.hybrid_search("s", ["x"], np.ones((1, 8)), k=3, method="rrf")
@@ -357,3 +359,45 @@ def test_engine_by_version_lucene_innerproduct_from_2_13(documents, version, eng
     mapping = cluster.mappings["corpus-rgpl-shadow-dense"]["properties"]["rgpl_vector"]
     assert mapping["method"]["engine"] == engine and mapping["method"]["space_type"] == "innerproduct"
     assert _backend(FakeCluster(docs=documents, version=version), engine="lucene").engine == "lucene"  # as given
+
+
+def test_rrf_rank_constant_goes_under_parameters_and_falls_back(spec, documents):
+    """Finding 7: neural-search 2.19 reads rank_constant from ``combination.parameters``; the
+    default (60) is not sent; a version that refuses ``parameters`` gets the flat form."""
+    body = m.rrf_pipeline(40)
+    spec.validate_request("PUT", "/_search/pipeline/p", body)  # SPEC_FIXES: parameters allowed, closed
+    assert body["phase_results_processors"][0]["score-ranker-processor"]["combination"] == {
+        "technique": "rrf", "parameters": {"rank_constant": 40}}
+    assert m.rrf_pipeline()["phase_results_processors"][0]["score-ranker-processor"]["combination"] == {
+        "technique": "rrf"}
+    with pytest.raises(SpecError):
+        spec.validate_request("PUT", "/_search/pipeline/p", {"phase_results_processors": [
+            {"score-ranker-processor": {"combination": {"technique": "rrf", "rank_konstant": 40}}}]})
+    cluster = FakeCluster(docs=documents)
+    refused = "provided parameter for combination technique is not supported. supported parameters are [weights]"
+    cluster.overrides.append(lambda method, path, params, body: (
+        (400, {"error": {"type": "illegal_argument_exception", "reason": refused}, "status": 400})
+        if path.startswith("/_search/pipeline/") and "parameters" in str(body) else None))
+    sent = put_hybrid_pipeline(fake_client(cluster), "p", method="rrf", rank_constant=40)
+    assert sent["phase_results_processors"][0]["score-ranker-processor"]["combination"] == {
+        "technique": "rrf", "rank_constant": 40}
+    assert [ex.status for ex in cluster.exchanges] == [400, 200]
+
+
+def test_opensearch_serverless_is_refused_with_a_clear_message(documents):
+    """Finding 15: Serverless (SigV4 service aoss, *.aoss.amazonaws.com, or a root answer with
+    distribution aoss) has no scroll, no aliases and its own _ids: refused before any request."""
+    from rgpl_plugin.connection import ClusterSettings
+    from rgpl_plugin.errors import UnsupportedClusterError
+
+    for settings in (
+        ClusterSettings(urls=("https://abc.eu-west-1.aoss.amazonaws.com",), aws_region="eu-west-1", aws_service="aoss"),
+        ClusterSettings(urls=("https://abc.eu-west-1.aoss.amazonaws.com",)),
+    ):
+        with pytest.raises(UnsupportedClusterError, match="Serverless is not supported.*no scroll or aliases"):
+            OpenSearchBackend(settings, "corpus")
+    cluster = FakeCluster(docs=documents)
+    cluster.overrides.append(lambda method, path, *a: (200, {"version": {"distribution": "aoss", "number": "2.x"}})
+                             if path == "/" else None)
+    with pytest.raises(UnsupportedClusterError, match="Serverless"):
+        OpenSearchBackend(fake_client(cluster), "corpus").version()
