@@ -20,7 +20,12 @@ from rgpl_plugin.errors import AliasSwapError
 from rgpl_plugin.opensearch_publish import alias_state, rollback
 from rgpl_plugin.vectors import VectorStore
 
-from tests.plugin.conftest import load_corpus, os_client, osmem, osmem_url  # noqa: F401  (fixtures)
+from tests.plugin.conftest import load_corpus, os_client, osmem, osmem_tasks, osmem_url  # noqa: F401  (fixtures)
+
+
+@pytest.fixture(autouse=True)
+def _osmem_tasks(osmem_tasks):  # noqa: F811 - osmem has no _tasks API (see tests.plugin.conftest)
+    yield
 
 
 def _vectors(n: int, dim: int = 6, seed: int = 0) -> np.ndarray:
