@@ -31,3 +31,14 @@ def test_example_queries_prompt_is_valid_and_examples_recognised():
     assert "claim number 9 holds" not in prompt
     with pytest.raises(ValueError):
         example_queries_prompt(["  "])
+
+
+def test_cli_example_queries_sets_the_generation_prompt(tmp_path):
+    from rgpl_adapt.cli import _build_config
+
+    f = tmp_path / "claims.txt"
+    f.write_text("Aspirin lowers stroke risk.\nVitamin D helps bones.\n")
+    cfg = _build_config({"example_queries": str(f), "scale": "cpu"})
+    assert cfg.generation.prompt is not None
+    assert "Question: Aspirin lowers stroke risk." in cfg.generation.prompt
+    assert _build_config({"scale": "cpu"}).generation.prompt is None
