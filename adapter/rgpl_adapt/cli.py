@@ -99,6 +99,10 @@ def _build_config(opts: dict[str, Any]) -> AdaptConfig:
         max_queries=opts.get("max_queries"),
         batch_size=opts.get("gen_batch_size"),
     )
+    if opts.get("example_queries"):
+        from rgpl_adapt.query_style import example_queries_prompt, load_example_queries
+
+        set_("generation", prompt=example_queries_prompt(load_example_queries(opts["example_queries"])))
     retrievers = tuple(opts.get("retriever") or ())
     set_("mining", retrievers=retrievers or None, similarity=opts.get("mining_similarity"),
          bm25=True if opts.get("bm25_negatives") else False if opts.get("no_bm25") else None)
@@ -316,6 +320,8 @@ def _preflight_alias(settings: Any, options: Any, secrets: tuple[str, ...]) -> N
 @click.option("--queries-per-passage", type=int, help="Default: GPL's rule max(3, ceil(250k/|C|)).")
 @click.option("--max-queries", type=int, help="Sample passages so that at most this many queries are generated.")
 @click.option("--gen-batch-size", type=int)
+@click.option("--example-queries", type=click.Path(exists=True, dir_okay=False),
+              help="File of real queries (one a line, no judgements): the causal-LM generator's few-shot examples.")
 @click.option("--retriever", multiple=True, help="Dense retriever for initial negatives (repeatable).")
 @click.option("--bm25-negatives", is_flag=True, help="Add BM25 top-k negatives (neither GPL nor R-GPL uses them).")
 @click.option("--no-bm25", is_flag=True, hidden=True, help="No BM25 negatives (the default now).")
