@@ -96,6 +96,7 @@ def _build_config(opts: dict[str, Any]) -> AdaptConfig:
         model=opts.get("generator"),
         kind=opts.get("generator_kind"),
         queries_per_passage=opts.get("queries_per_passage"),
+        max_query_len=opts.get("max_query_len"),
         max_queries=opts.get("max_queries"),
         batch_size=opts.get("gen_batch_size"),
     )
@@ -318,6 +319,7 @@ def _preflight_alias(settings: Any, options: Any, secrets: tuple[str, ...]) -> N
 @click.option("--generator", help="Query generator: a doc2query T5 or a causal LM (hub name or local path).")
 @click.option("--generator-kind", type=click.Choice(["auto", "seq2seq", "causal"]))
 @click.option("--queries-per-passage", type=int, help="Default: GPL's rule max(3, ceil(250k/|C|)).")
+@click.option("--max-query-len", type=int, help="Most new tokens of a generated query (default 64).")
 @click.option("--max-queries", type=int, help="Sample passages so that at most this many queries are generated.")
 @click.option("--gen-batch-size", type=int)
 @click.option("--example-queries", type=click.Path(exists=True, dir_okay=False),

@@ -29,7 +29,7 @@ def model_args(beir_dir, out, t5, ce, student):
     return [
         "--corpus", str(beir_dir), "--out", str(out),
         "--generator", str(t5), "--teacher", str(ce), "--student", str(student), "--retriever", str(student),
-        "--queries-per-passage", "1", "--steps", "4", "--batch-size", "4", "--remine-every", "2",
+        "--queries-per-passage", "1", "--max-query-len", "8", "--steps", "4", "--batch-size", "4", "--remine-every", "2",
         "--max-seq-len", "32", "--checkpoint-every", "2", "--warmup-steps", "1", "--device", "cpu", "--scale", "cpu",
     ]
 

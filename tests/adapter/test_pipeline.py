@@ -14,7 +14,9 @@ def tiny_config(beir_dir, t5, ce, student) -> AdaptConfig:
     return dataclasses.replace(
         cfg,
         corpus=dataclasses.replace(cfg.corpus, path=str(beir_dir)),
-        generation=dataclasses.replace(cfg.generation, model=str(t5), queries_per_passage=1, batch_size=16),
+        # the random-weight T5 writes word salad: few new tokens keep its queries under the length filter
+        generation=dataclasses.replace(cfg.generation, model=str(t5), queries_per_passage=1, batch_size=16,
+                                       max_query_len=8),
         mining=dataclasses.replace(cfg.mining, retrievers=(str(student),), k=5),
         labels=dataclasses.replace(cfg.labels, teacher=str(ce), batch_size=32),
         training=dataclasses.replace(
