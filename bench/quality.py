@@ -6,6 +6,14 @@ models, the zero-shot student and BM25 on the BEIR test qrels (nDCG@10, Recall@1
 Prints a table and writes every number (metrics, wall time per system and stage, remining churn
 per round, the settings) as JSON to ``--out``.
 
+A fourth arm, **R-GPL + example queries**, is R-GPL whose generator is prompted with a few real
+queries as few-shot style examples (``--example-queries``, Promptagator-style); everything else
+(seed, steps, teacher, miners) is equal, but it generates its own queries and mines its own
+negatives. ``--examples N`` (default 8) takes N queries of the evaluated split, seeded, as the
+examples and removes them from the evaluation of *every* system, so no arm is scored on a query
+that one arm saw. (The issue asks for SciFact *training* claims; the BEIR folder here ships only
+the test split, so the examples come from test queries that are then never evaluated.)
+
 Sharing, so that GPL and R-GPL differ only in remining: R-GPL runs first; its ``queries/`` and
 ``negatives/`` stage folders are copied into the GPL run folder before GPL runs (the stage
 manifests match, so GPL skips those stages), and so is its teacher score cache
@@ -52,6 +60,16 @@ from rgpl_adapt.evaluation import format_table, load_qrels, load_queries
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_STAGES = ("queries", "negatives")
+EX = "R-GPL + examples"
+
+
+def pick_examples(qids: list[str], n: int, seed: int) -> list[str]:
+    """``n`` query ids, seeded, to serve as the generator's style examples (never evaluated)."""
+    if n <= 0:
+        return []
+    if n >= len(qids):
+        raise SystemExit(f"--examples {n} would leave no query to evaluate ({len(qids)} have judgements)")
+    return sorted(random.Random(seed).sample(sorted(qids), n))
 
 
 def sub_corpus(
@@ -162,7 +180,7 @@ def significance_of(per_query: dict[str, dict[str, float]], *, resamples: int, s
     from significance import paired_bootstrap
 
     pairs = [(s, "zero-shot") for s in per_query if s not in ("zero-shot", "BM25")]
-    pairs += [("R-GPL", "GPL"), ("R-GPL hybrid", "GPL hybrid")]
+    pairs += [("R-GPL", "GPL"), ("R-GPL hybrid", "GPL hybrid"), (EX, "R-GPL"), (f"{EX} hybrid", "R-GPL hybrid")]
     return {
         f"{sys} vs {ref}": paired_bootstrap(per_query[ref], per_query[sys], resamples=resamples, seed=seed)
         for sys, ref in pairs
@@ -198,6 +216,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=None, help="negatives per source and query, mining and remining (cpu: 10)")
     p.add_argument("--remine-every", type=int, default=None, help="R-GPL remining period (default steps/3 on cpu)")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--examples", type=int, default=8,
+                   help="queries of the split used as the generator's style examples and left out of every "
+                        "system's evaluation (0: no example-queries arm)")
     p.add_argument("--resamples", type=int, default=10_000, help="paired bootstrap resamples")
     p.add_argument("--device", default="auto")
     p.add_argument("--fresh", action="store_true", help="delete the run folders first (default: reuse finished stages)")
@@ -250,6 +271,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         corpus_path.write_text(text, encoding="utf-8")
     qrels = {q: {d: r for d, r in rels.items() if d in keep} for q, rels in qrels_all.items()}
     qrels = {q: rels for q, rels in qrels.items() if any(r > 0 for r in rels.values()) and q in queries_all}
+    example_ids = pick_examples(sorted(qrels), args.examples, args.seed)
+    examples = [queries_all[q] for q in example_ids]
+    qrels = {q: rels for q, rels in qrels.items() if q not in set(example_ids)}
     queries = {q: queries_all[q] for q in qrels}
     corpus_note = (
         f"sub-corpus of {len(ids)} of {len(corpus)} documents: all {n_judged} judged relevant for the "
@@ -270,6 +294,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     share_stages(runs["R-GPL"], runs["GPL"])
     print("GPL: same queries, negatives, teacher and steps, no remining", flush=True)
     reports["GPL"], wall["GPL"] = run_pipeline(cfg_gpl, runs["GPL"], tqdm_progress)
+    if examples:
+        from rgpl_adapt.query_style import example_queries_prompt
+
+        cfg_ex = replace(cfg_rgpl, generation=replace(cfg_rgpl.generation, prompt=example_queries_prompt(examples)))
+        runs[EX] = args.work / "rgpl-examples"
+        print(f"{EX}: R-GPL with {len(examples)} real queries as the generator's examples", flush=True)
+        reports[EX], wall[EX] = run_pipeline(cfg_ex, runs[EX], tqdm_progress)
 
     table: dict[str, dict[str, float]] = {}
     eval_seconds: dict[str, float] = {}
@@ -280,7 +311,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     eval_seconds["bm25+zero-shot"] = round(time.perf_counter() - t0, 1)
     table["BM25"], table["zero-shot"] = base["bm25"], base["zero-shot"]
     per_query["BM25"], per_query["zero-shot"] = pq["bm25"], pq["zero-shot"]
-    for name in ("GPL", "R-GPL"):
+    adapted = [n for n in ("GPL", "R-GPL", EX) if n in runs]
+    for name in adapted:
         t0 = time.perf_counter()
         pq = {}
         res = evaluate_run(runs[name], qrels, queries, systems=("adapted", "hybrid"), progress=tqdm_progress, per_query=pq)
@@ -288,7 +320,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         table[name], table[f"{name} hybrid"] = res["adapted"], res["hybrid"]
         per_query[name], per_query[f"{name} hybrid"] = pq["adapted"], pq["hybrid"]
     significance = significance_of(per_query, resamples=args.resamples, seed=args.seed)
-    for name in ("GPL", "R-GPL"):
+    for name in adapted:
         table[name] = {**table[name], "wall_s": round(wall[name], 1)}
 
     result = {
@@ -308,7 +340,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "wall_seconds": {k: round(v, 1) for k, v in wall.items()},
         "stage_seconds": {k: stage_seconds(r) for k, r in reports.items()},
         "eval_seconds": eval_seconds,
-        "generated_queries": reports["R-GPL"]["stages"].get("queries", {}),
+        "generated_queries": {k: r["stages"].get("queries", {}) for k, r in reports.items() if k != "GPL"},
+        "example_queries": dict(zip(example_ids, examples)),
         "rounds": {k: churn_of(r) for k, r in reports.items()},
         "hybrid_weight": {k: r["stages"].get("serve", {}).get("hybrid_weight") for k, r in reports.items()},
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "device": reports["R-GPL"].get("device")},
