@@ -48,15 +48,18 @@ import json
 import platform
 import random
 import shutil
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from common import DEFAULT_DATA, read_beir_records  # bench/ is on sys.path when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rgpl_adapt.config import AdaptConfig
-from rgpl_adapt.evaluation import format_table, load_qrels, load_queries
+from common import DEFAULT_DATA, read_beir_records  # noqa: E402
+
+from rgpl_adapt.config import AdaptConfig  # noqa: E402
+from rgpl_adapt.evaluation import format_table, load_qrels, load_queries  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_STAGES = ("queries", "negatives")
