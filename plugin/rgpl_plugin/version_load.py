@@ -109,7 +109,7 @@ def load_one_pass(
     *,
     threads: int = 4,
     chunk_size: int | None = None,
-    read_batch: int = 1000,
+    read_batch: int | None = None,
     progress: ProgressFactory = silent,
 ) -> LoadResult:
     """Read every document of ``source`` once and index ``_source`` + vector into ``target``.
@@ -121,6 +121,7 @@ def load_one_pass(
     client = backend.client
     field = backend.vector_field
     chunk_size = chunk_size or backend.bulk_chunk_size
+    read_batch = read_batch or chunk_size  # a page read, a chunk written
     counts = {"read": 0, "with_vector": 0}
     total = int(_body(client.count(index=source))["count"])
 
