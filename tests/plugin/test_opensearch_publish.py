@@ -82,9 +82,16 @@ def test_one_pass_publish_writes_each_document_once_with_its_source_and_vector(a
     served = client.get(index="corpus", id="d3")["_source"]
     assert served["text"] == documents[3].text and served["topic"] == documents[3].title.split()[0]
     np.testing.assert_allclose(served["rgpl_vector"], encode([documents[3].full_text()])[0])
+    # the next version reads this one (the alias's index), whose documents carry the old vector: a document
+    # the new vectors miss is served without one, never with the old model's
+    v6 = publish_version(backend, "dense", "v6", vectors=lambda hits: {h["_id"]: [0.5] * 6 for h in hits
+                                                                       if h["_id"] != "d2"})
+    assert (v6.documents, v6.vectors) == (len(documents), len(documents) - 1)
+    assert "rgpl_vector" not in client.get(index="corpus", id="d2")["_source"]
+    assert client.get(index="corpus", id="d1")["_source"]["rgpl_vector"] == [0.5] * 6
     with pytest.raises(ValueError, match="write must be"):
-        publish_version(backend, "dense", "v6", write="twice")
-    assert not client.indices.exists(index="corpus-rgpl-v6")
+        publish_version(backend, "dense", "v7", write="twice")
+    assert not client.indices.exists(index="corpus-rgpl-v7")
 
 
 def test_a_concrete_index_needs_an_explicit_takeover(os_client, documents):
