@@ -83,8 +83,8 @@ def main() -> None:
                     name = f"{write}{threads or ''}-{rep}"
                     load = os.getloadavg()[0]
                     t0 = time.perf_counter()
-                    result = publish_version(backend, "dense", name, alias=f"bench-live-{n}-{name}", write=write,
-                                             threads=threads or 4)
+                    result = publish_version(backend, "dense", name, alias=f"bench-live-{n}-{name}",
+                                             write=write, threads=threads or 4)
                     wall = time.perf_counter() - t0
                     assert result.documents == n and result.vectors == n, result
                     row = {"n": n, "path": f"{write}" + (f" x{threads}" if threads else ""), "repeat": rep,

@@ -139,8 +139,8 @@ class _Writer:
                 raise
             items = resp.get("items") or []
             if len(items) != len(pending):
-                raise BulkWriteError(f"bulk response into {self.index} has {len(items)} items for {len(pending)} "
-                                     "documents", [])
+                raise BulkWriteError(
+                    f"bulk response into {self.index} has {len(items)} items for {len(pending)} documents", [])
             again = []
             for doc, item in zip(pending, items):
                 result = next(iter(item.values()))
@@ -150,7 +150,8 @@ class _Writer:
                 elif status == 429 and attempt < self.max_retries:
                     again.append(doc)
                 else:
-                    errors.append(ItemError(str(result.get("_id", doc[0])), status, _error_text(result.get("error"))))
+                    doc_id = str(result.get("_id", doc[0]))
+                    errors.append(ItemError(doc_id, status, _error_text(result.get("error"))))
             if again:
                 attempt += 1
                 retried_items += len(again)

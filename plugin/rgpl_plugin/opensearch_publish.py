@@ -289,8 +289,8 @@ def publish_version(
                 f"{n_vectors})"
             )
         if write == "bulk" and load.with_vector < load.read:
-            log.warning("%d of %d documents of %s have no vector in space %s (written after it was encoded?); "
-                        "they are served without one", load.read - load.with_vector, load.read, source, space)
+            log.warning("%d of %d documents of %s have no vector in space %s (written after it was "
+                        "encoded?); they are served without one", load.read - load.with_vector, load.read, source, space)
         if before_swap is not None:
             before_swap(target)
         swap_alias(client, alias, source if state == "alias" else None, target, takeover=state == "index")

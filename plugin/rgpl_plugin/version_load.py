@@ -132,7 +132,8 @@ def load_one_pass(
             for hit in page:
                 doc_id = str(hit["_id"])
                 body = dict(hit.get("_source") or {})
-                # a source that is an earlier version carries that model's vector: never serve it with this one's
+                # a source that is an earlier version carries that model's vector: never serve it
+                # next to this model's
                 body.pop(field, None)
                 vec = vecs.get(doc_id)
                 if vec is not None:

@@ -46,7 +46,8 @@ def test_options_are_validated_and_fingerprint_ignores_the_miner():
     a, b = ClusterOptions(index="docs"), ClusterOptions(index="docs", miner="local")
     assert a.fingerprint() == b.fingerprint()
     # how the version index is filled does not change what is served
-    assert a.publish_write == "bulk" and a.fingerprint() == ClusterOptions(index="docs", publish_write="reindex").fingerprint()
+    assert a.publish_write == "bulk"
+    assert a.fingerprint() == ClusterOptions(index="docs", publish_write="reindex").fingerprint()
     assert a.fingerprint() != ClusterOptions(index="docs", search_pipeline=False).fingerprint()
 
 

@@ -51,7 +51,8 @@ def source(os_client, index_name, model):
     lines = []
     for i, d in enumerate(docs):
         meta = {"_index": src, "_id": d.id, **({"routing": "r1"} if i == 0 else {})}
-        lines += [{"index": meta}, {"title": d.title, "text": d.text, **({"year": 2000 + i} if i % 3 == 0 else {})}]
+        year = {"year": 2000 + i} if i % 3 == 0 else {}
+        lines += [{"index": meta}, {"title": d.title, "text": d.text, **year}]
     assert not os_client.bulk(body=lines, refresh="true")["errors"]
     os_client.indices.update_aliases(body={"actions": [{"add": {"index": src, "alias": index_name}}]})
     backend = OpenSearchBackend(os_client, index_name, replicas_after_load=0)
@@ -158,7 +159,7 @@ def test_the_reindex_path_serves_the_same_documents(source, model):
     expected = model.encode([d.full_text() for d in docs[:20]], batch_size=64)
     assert cosines(served_vectors(client, result.index, [d.id for d in docs[:20]]), expected).min() > 0.98
     # and the model can encode during the load instead of reading the space: the same vectors
-    again = publish_version(backend, "dense", "v5", alias=f"{backend.index}-enc",
-                            vectors=encoded_vectors(backend, lambda texts: model.encode(texts, batch_size=64)))
+    encode = encoded_vectors(backend, lambda texts: model.encode(texts, batch_size=64))
+    again = publish_version(backend, "dense", "v5", alias=f"{backend.index}-enc", vectors=encode)
     assert again.vectors == N_DOCS
     assert cosines(served_vectors(client, again.index, [d.id for d in docs[:20]]), expected).min() > 0.98
