@@ -48,6 +48,7 @@ from rgpl_adapt.progress import ProgressFactory, silent
 log = logging.getLogger(__name__)
 
 Miner = Literal["cluster", "local"]
+PublishWrite = Literal["bulk", "reindex"]
 DENSE_SPACE = "dense"  # same name as rgpl_adapt.pipeline.DENSE_SPACE (imported lazily there)
 
 
@@ -71,10 +72,16 @@ class ClusterOptions:
     version: str | None = None
     exact_knn: bool = False
     seed: int = 42
+    publish_write: PublishWrite = "bulk"
+    """How the version index is filled: ``bulk`` reads the source once and writes each document with its
+    vector in one bulk pass (faster on the test node: bench/RESULTS.md); ``reindex`` copies with ``_reindex``
+    and adds the vectors in a second pass (:mod:`rgpl_plugin.version_load`)."""
 
     def __post_init__(self) -> None:
         if self.miner not in ("cluster", "local"):
             raise ValueError(f"miner must be 'cluster' or 'local', not {self.miner!r}")
+        if self.publish_write not in ("bulk", "reindex"):
+            raise ValueError(f"publish_write must be 'bulk' or 'reindex', not {self.publish_write!r}")
         if self.sample is not None and self.sample < 2:
             raise ValueError("sample must be at least 2 documents")
         if self.register_model and self.engine != "opensearch":
@@ -86,7 +93,7 @@ class ClusterOptions:
 
     def fingerprint(self) -> dict[str, Any]:
         """What decides the published result (for the serve stage's manifest)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("miner", "exact_knn")}
+        return {k: v for k, v in asdict(self).items() if k not in ("miner", "exact_knn", "publish_write")}
 
 
 def open_backend(client_or_settings: Any, options: ClusterOptions, *, query: bool = True) -> Any:
@@ -397,11 +404,13 @@ class ClusterPublisher:
             version,
             alias=alias,
             allow_alias_takeover=opts.allow_alias_takeover,
+            write=opts.publish_write,
             before_swap=before_swap,
             progress=self.progress,
         )
         info.update(
-            index=result.index, previous=result.previous, documents=result.documents, vectors=result.vectors
+            index=result.index, previous=result.previous, documents=result.documents, vectors=result.vectors,
+            write=result.write, publish_seconds=result.seconds,
         )
         if es:
             title, texts = src.fields()

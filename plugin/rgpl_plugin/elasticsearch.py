@@ -11,7 +11,8 @@ Reading, BM25 (``_msearch`` of ``multi_match``), ``mget`` and the field rules ar
 * hybrid search is one ``retriever``: ``rrf`` (8.14+) or ``linear`` with min-max normalisation
   (8.18+/9.0+), weights ``[1 - weight, weight]``;
 * :func:`rgpl_plugin.opensearch_publish.publish_version` / ``swap_alias`` / ``rollback`` work
-  with this backend too (``_aliases``, ``_reindex`` and bulk updates exist in both engines).
+  with this backend too (``_aliases``, PIT reads and ``_bulk`` exist in both engines; so do ``_reindex``
+  and partial updates for ``write="reindex"``).
 
 Use the client major that matches the cluster: elasticsearch-py 9 sends
 ``compatible-with=9`` headers that an 8.x cluster rejects; :meth:`ElasticsearchBackend.version`

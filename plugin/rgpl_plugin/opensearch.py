@@ -66,6 +66,9 @@ class OpenSearchBackend:
         exact: score k-NN exactly with the ``knn_score`` script (small corpora).
         slice_id, slice_max: read only slice ``slice_id`` of ``slice_max`` (parallel readers).
         copy_text: copy the text fields into shadow indices (needed by :meth:`hybrid_search`).
+        replicas_after_load, refresh_after_load: a shadow index's settings once loaded (default no
+            replicas: shadow indices are the run's scratch space, never served, and a replica would copy
+            every document again).
     """
 
     name = "opensearch"
@@ -92,7 +95,7 @@ class OpenSearchBackend:
         max_retries: int = 5,
         initial_backoff: float = 2.0,
         max_backoff: float = 60.0,
-        replicas_after_load: int = 1,
+        replicas_after_load: int = 0,
         refresh_after_load: str = "1s",
         sample_size: int = 50,
     ) -> None:

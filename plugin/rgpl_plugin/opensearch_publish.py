@@ -5,10 +5,13 @@
 1. create ``<alias>-rgpl-<version>`` with the source index's mapping and analysis settings plus
    the ``knn_vector`` field (no replicas, no refresh while loading); the mapping's
    ``_meta.rgpl`` records the version, the space and the index it replaces;
-2. copy the documents server-side with ``_reindex``, then stream the vectors from the space's
-   shadow index into it with bulk partial updates (429s retried);
-3. restore replicas and refresh interval, refresh, and verify: as many documents as the source,
-   and one vector per shadow document;
+2. fill it (:mod:`rgpl_plugin.version_load`): by default read the source once and bulk-index each
+   document's ``_source`` with its vector in one write, over a few parallel bulk streams (429s
+   retried, every refused id reported); ``write="reindex"`` copies with a ``_reindex`` task and
+   adds the vectors in a second pass of partial updates (every document written twice);
+3. restore replicas and refresh interval, refresh, and verify: as many documents as the read of
+   the source saw (writes to the source meanwhile do not fail it), and a vector on each document
+   that had one;
 4. :func:`swap_alias` in ONE ``_aliases`` call (remove old, add new), so readers never see a
    missing or doubled alias.
 
@@ -26,16 +29,24 @@ deletes that index in the same ``_aliases`` call (``remove_index``), so it needs
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from rgpl_adapt.progress import ProgressFactory, silent
 
 from rgpl_plugin import mappings as m
-from rgpl_plugin.base import BackendError, batched
+from rgpl_plugin.base import BackendError
 from rgpl_plugin.errors import AliasSwapError, IndexMissingError
+from rgpl_plugin.version_load import (
+    WRITE_METHODS,
+    VectorSource,
+    WriteMethod,
+    load_by_reindex,
+    load_one_pass,
+    space_vectors,
+    wait_for_task,  # noqa: F401 - re-exported
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +62,9 @@ class PublishResult:
     previous: str | None
     documents: int
     vectors: int
+    write: str = "bulk"
+    seconds: float = 0.0
+    """Seconds the load (copy + vectors) took."""
 
 
 def _body(resp: Any) -> Any:
@@ -72,22 +86,6 @@ def _delete_index(client: Any, index: str) -> None:
         client.indices.delete(index=index, ignore_unavailable=True)
     else:
         client.indices.delete(index=index, params={"ignore_unavailable": "true"})
-
-
-def wait_for_task(client: Any, task_id: str, timeout_s: float, what: str, poll_s: float = 0.5) -> dict[str, Any]:
-    """Poll ``GET _tasks/<id>`` until the task completes; its ``response`` (or a BackendError)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        status = _body(client.tasks.get(task_id=task_id))
-        if status.get("completed"):
-            if status.get("error"):
-                raise BackendError(f"{what} failed (task {task_id}): {str(status['error'])[:500]}")
-            return dict(status.get("response") or {})
-        if time.monotonic() > deadline:
-            raise BackendError(f"{what} still runs after {timeout_s:.0f}s (task {task_id}); it continues on the "
-                               f"cluster: GET _tasks/{task_id}, cancel with POST _tasks/{task_id}/_cancel")
-        time.sleep(min(poll_s * 2, 5.0) if poll_s else 0)
-        poll_s = min(poll_s * 2, 5.0)
 
 
 def alias_state(client: Any, name: str) -> tuple[AliasState, list[str]]:
@@ -218,6 +216,9 @@ def publish_version(
     *,
     alias: str | None = None,
     allow_alias_takeover: bool = False,
+    write: WriteMethod = "bulk",
+    vectors: VectorSource | None = None,
+    threads: int = 4,
     reindex_timeout_s: float = 3600.0,
     before_swap: Callable[[str], None] | None = None,
     progress: ProgressFactory = silent,
@@ -225,9 +226,18 @@ def publish_version(
     """Serve vector space ``space`` of ``backend`` as version ``version`` behind ``alias``
     (default: the backend's index name). See the module docstring for the steps.
 
+    ``write`` picks how the version index is filled (:mod:`rgpl_plugin.version_load`): ``"bulk"``
+    reads the source once and writes ``_source`` + vector in one bulk pass over ``threads`` streams,
+    with the vectors of ``vectors`` (default: the space's shadow index, by ``_id``); ``"reindex"``
+    copies with ``_reindex`` and adds the vectors with a second pass of partial updates.
+
     ``before_swap(target_index)`` runs after verification and before the alias moves (e.g. to
     create search/ingest pipelines and set them as the new index's defaults); when it raises,
     the version index is deleted and the alias stays where it was, like any other failure."""
+    if write not in WRITE_METHODS:
+        raise ValueError(f"write must be one of {WRITE_METHODS}, not {write!r}")
+    if vectors is not None and write != "bulk":
+        raise ValueError("vectors=... is for write='bulk'; the reindex path copies the space's shadow index")
     client = backend.client
     alias = alias or backend.index
     if backend.id_field is not None:
@@ -258,40 +268,29 @@ def publish_version(
         client, alias, version, source, dimension, vector_field=backend.vector_field, engine=backend.engine, meta=meta
     )
     try:
-        copy = {"source": {"index": source}, "dest": {"index": target}}
-        if _is_es(client):
-            resp = _body(client.options(request_timeout=reindex_timeout_s).reindex(
-                body=copy, wait_for_completion=True, refresh=True))
+        n_vectors = int(_body(client.count(index=shadow))["count"])
+        if write == "bulk":
+            load = load_one_pass(backend, source, target, vectors or space_vectors(backend, space),
+                                 threads=threads, progress=progress)
         else:
-            # a task, polled: a synchronous call that times out would be re-sent whole by retry_on_timeout
-            task = client.reindex(body=copy, params={"wait_for_completion": "false", "slices": "auto",
-                                                     "refresh": "true"})
-            resp = wait_for_task(client, task["task"], reindex_timeout_s, f"reindex into {target}")
-        if resp.get("failures"):
-            raise BackendError(f"reindex into {target} reported failures: {str(resp['failures'][:3])[:500]}")
-        n_vectors = _body(client.count(index=shadow))["count"]
-        with progress(total=n_vectors, desc=f"vectors -> {target}", unit="doc") as bar:
-
-            def updates() -> Any:
-                for chunk in batched(backend._iter_hits(shadow, [backend.vector_field], 1000, {"match_all": {}}), 500):
-                    for hit in chunk:
-                        vec = hit["_source"][backend.vector_field]
-                        yield {"_op_type": "update", "_index": target, "_id": hit["_id"], "doc": {backend.vector_field: vec}}
-                    bar.update(len(chunk))
-
-            written = backend._bulk(updates(), f"copying vectors into {target}", target)
+            load = load_by_reindex(backend, source, target, space, timeout_s=reindex_timeout_s, progress=progress)
         source_settings = _first(client.indices.get_settings(index=source))["settings"]["index"]
         _restore_settings(client, target, source_settings)
-        # what the reindex copied from its snapshot of the source (the source may take writes meanwhile)
-        n_source = int(resp.get("total", 0)) if "total" in resp else _body(client.count(index=source))["count"]
         n_target = _body(client.count(index=target))["count"]
         exists = {"query": {"exists": {"field": backend.vector_field}}}
         with_vec = _body(client.count(index=target, body=exists))["count"]
-        if n_target != n_source or with_vec != n_vectors or written != n_vectors:
+        # against what the load read (PIT/scroll snapshot, or the reindex's total): writes to the
+        # source meanwhile are not in this version and do not fail the check
+        expected_vec = load.with_vector if write == "bulk" else n_vectors
+        if n_target != load.read or load.written != load.read or with_vec != expected_vec:
             raise AliasSwapError(
-                f"verification failed for {target}: {n_target} documents (source {n_source}), {with_vec} with a "
-                f"vector (space has {n_vectors}, {written} written)"
+                f"verification failed for {target}: {n_target} documents (the read saw {load.read}, "
+                f"{load.written} written), {with_vec} with a vector (expected {expected_vec}; the space has "
+                f"{n_vectors})"
             )
+        if write == "bulk" and load.with_vector < load.read:
+            log.warning("%d of %d documents of %s have no vector in space %s (written after it was "
+                        "encoded?); they are served without one", load.read - load.with_vector, load.read, source, space)
         if before_swap is not None:
             before_swap(target)
         swap_alias(client, alias, source if state == "alias" else None, target, takeover=state == "index")
@@ -303,5 +302,7 @@ def publish_version(
         if isinstance(exc, BackendError):
             raise
         raise backend._error(exc, f"publishing version {version} of {alias!r}", target) from None
-    log.info("published %s as %s (previous %s)", target, alias, previous)
-    return PublishResult(alias=alias, index=target, previous=previous, documents=n_target, vectors=with_vec)
+    log.info("published %s as %s (previous %s; %s, %d documents in %.1fs)", target, alias, previous, write,
+             load.read, load.seconds)
+    return PublishResult(alias=alias, index=target, previous=previous, documents=n_target, vectors=with_vec,
+                         write=write, seconds=round(load.seconds, 3))

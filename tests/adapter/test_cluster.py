@@ -41,8 +41,13 @@ def test_options_are_validated_and_fingerprint_ignores_the_miner():
         ClusterOptions(index="docs", title_field="title")
     with pytest.raises(ValueError, match="sample"):
         ClusterOptions(index="docs", sample=1)
+    with pytest.raises(ValueError, match="publish_write"):
+        ClusterOptions(index="docs", publish_write="twice")
     a, b = ClusterOptions(index="docs"), ClusterOptions(index="docs", miner="local")
     assert a.fingerprint() == b.fingerprint()
+    # how the version index is filled does not change what is served
+    assert a.publish_write == "bulk"
+    assert a.fingerprint() == ClusterOptions(index="docs", publish_write="reindex").fingerprint()
     assert a.fingerprint() != ClusterOptions(index="docs", search_pipeline=False).fingerprint()
 
 
@@ -101,9 +106,12 @@ def test_sampled_backend_only_sees_and_returns_the_sample(os_client, documents, 
     assert all(h.doc_id in keep for hs in hits for h in hs) and all(0 < len(hs) <= 5 for hs in hits)
 
 
-def test_publisher_serves_a_new_alias_next_to_a_concrete_index_and_rolls_back(os_client, documents, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("write", ["bulk", "reindex"])
+def test_publisher_serves_a_new_alias_next_to_a_concrete_index_and_rolls_back(os_client, documents, tmp_path,  # noqa: F811
+                                                                              write):
     load_corpus(os_client, "plain", documents)
-    options = ClusterOptions(index="plain", alias="plain-serving", search_pipeline=False, version="V2")
+    options = ClusterOptions(index="plain", alias="plain-serving", search_pipeline=False, version="V2",
+                             publish_write=write)
     backend = ClusterBackend(open_backend(os_client, options))
     backend.put_vectors("dense", [d.id for d in documents], _vectors(len(documents)))
     publisher = ClusterPublisher(backend, options, tmp_path)
@@ -115,6 +123,7 @@ def test_publisher_serves_a_new_alias_next_to_a_concrete_index_and_rolls_back(os
         "v2",
         0.3,
     )
+    assert (info["write"], info["documents"], info["vectors"]) == (write, len(documents), len(documents))
     assert alias_state(os_client, "plain-serving") == ("alias", ["plain-serving-rgpl-v2"])
     assert alias_state(os_client, "plain") == ("index", ["plain"])  # the user's index is untouched
     assert not backend.source.has_vectors("dense")  # the served copy replaced the shadow index

@@ -284,5 +284,5 @@ def load_corpus(client: Any, index: str, documents: list[Document], *, extra: li
 def osmem_tasks(monkeypatch):
     """osmem-server runs ``_reindex`` synchronously even when asked for a task, and has no ``_tasks`` API:
     publishing on it takes the reindex as done (the real node's tests poll the real ``_tasks``)."""
-    monkeypatch.setattr("rgpl_plugin.opensearch_publish.wait_for_task", lambda client, task_id, timeout_s, what: {})
+    monkeypatch.setattr("rgpl_plugin.version_load.wait_for_task", lambda client, task_id, timeout_s, what: {})
 

@@ -242,3 +242,24 @@ def test_client_major_mismatch_says_which_client_to_install(documents, monkeypat
     with pytest.raises(UnsupportedClusterError, match=r"9.1.0.*elasticsearch>=9,<10"):
         cluster_checks.check_es_client_major("9.1.0", 8)
     cluster_checks.check_es_client_major("8.15.0", 8)  # matching majors pass
+
+
+def test_one_pass_version_load_reads_with_pit_and_bulk_indexes_each_document_once(es, documents):
+    """Finding 10 on Elasticsearch: the version index is filled by one PIT read of the source and one
+    ``index`` per document carrying its vector (the ES client's ``operations=``), 429s resent."""
+    from rgpl_plugin.version_load import load_one_pass, space_vectors
+
+    backend = _backend(es, bulk_chunk_size=25)
+    backend.put_vectors("s", [d.id for d in documents], es.vectors)
+    es.exchanges.clear()
+    es.indices["corpus-rgpl-v1"] = {}
+    es.bulk_429 = 4
+    load = load_one_pass(backend, "corpus", "corpus-rgpl-v1", space_vectors(backend, "s"), threads=1)
+    assert (load.read, load.written, load.with_vector) == (len(documents),) * 3
+    assert any(ex.path == "/corpus/_pit" for ex in es.exchanges)
+    assert any(ex.method == "DELETE" and ex.path == "/_pit" for ex in es.exchanges)
+    written = [line["index"]["_id"] for ex in es.exchanges if ex.path == "/_bulk" for line in ex.body[::2]]
+    assert sorted(written) == sorted([d.id for d in documents] + written[:4])  # 4 rejected, each resent once
+    served = es.indices["corpus-rgpl-v1"]["d3"]
+    assert served["text"] == documents[3].text
+    np.testing.assert_allclose(served["rgpl_vector"], es.vectors[3], rtol=1e-6)

@@ -103,7 +103,8 @@ def test_shadow_index_is_a_knn_index_and_the_user_index_is_never_written(fake_cl
     assert field["type"] == "knn_vector" and field["dimension"] == 8
     assert field["method"]["space_type"] == "innerproduct" and field["method"]["engine"] == "lucene"
     restored = [ex.body for ex in fake_cluster.exchanges if ex.path == "/corpus-rgpl-shadow-r1/_settings"]
-    assert restored == [m.after_load_settings(1, "1s")]  # loading mode ended once, before the search
+    # loading mode ended once, before the search; shadow indices keep no replicas
+    assert restored == [m.after_load_settings(0, "1s")]
     for ex in fake_cluster.exchanges:
         if ex.method in ("PUT", "POST", "DELETE") and ex.path.startswith("/corpus/"):
             assert ex.path.split("/")[2] in ("_count", "_search", "_msearch", "_mget"), ex.path

@@ -8,6 +8,7 @@ import pytest
 from rgpl_plugin.errors import AliasSwapError, BulkWriteError, IndexMissingError
 from rgpl_plugin.opensearch import OpenSearchBackend
 from rgpl_plugin.opensearch_publish import alias_state, publish_version, rollback, swap_alias, version_meta
+from rgpl_plugin.version_load import encoded_vectors, space_vectors
 
 from tests.plugin.conftest import load_corpus
 
@@ -28,15 +29,16 @@ def aliased(os_client, documents):
     return backend, vecs
 
 
-def test_publish_swaps_the_alias_in_one_call_and_rolls_back(aliased, documents, spec):
+@pytest.mark.parametrize("write", ["bulk", "reindex"])
+def test_publish_swaps_the_alias_in_one_call_and_rolls_back(aliased, documents, spec, write):
     backend, vecs = aliased
     client = backend.client
     calls = []
     real = client.indices.update_aliases
     client.indices.update_aliases = lambda **kw: (calls.append(kw["body"]), real(**kw))[1]
-    result = publish_version(backend, "dense", "v1")
-    assert (result.index, result.previous, result.documents, result.vectors) == (
-        "corpus-rgpl-v1", "corpus-v0", len(documents), len(documents))
+    result = publish_version(backend, "dense", "v1", write=write)
+    assert (result.index, result.previous, result.documents, result.vectors, result.write) == (
+        "corpus-rgpl-v1", "corpus-v0", len(documents), len(documents), write)
     assert alias_state(client, "corpus") == ("alias", ["corpus-rgpl-v1"])
     assert calls == [{"actions": [{"remove": {"index": "corpus-v0", "alias": "corpus", "must_exist": True}},
                                   {"add": {"index": "corpus-rgpl-v1", "alias": "corpus"}}]}]
@@ -58,6 +60,40 @@ def test_publish_swaps_the_alias_in_one_call_and_rolls_back(aliased, documents, 
         rollback(client, "corpus")
 
 
+def test_one_pass_publish_writes_each_document_once_with_its_source_and_vector(aliased, documents):
+    backend, _ = aliased
+    client = backend.client
+    sent = []
+    real_bulk = client.bulk
+    client.bulk = lambda **kw: (sent.append(kw["body"]), real_bulk(**kw))[1]
+    reindexed = []
+    client.reindex = lambda **kw: reindexed.append(kw)
+
+    def encode(texts):  # a stand-in model: deterministic in the passage text
+        return np.array([[len(t), t.count("a"), t.count("e"), 1.0, -1.0, 0.5] for t in texts], dtype=np.float32)
+
+    result = publish_version(backend, "dense", "v5", vectors=encoded_vectors(backend, encode), threads=3)
+    assert not reindexed
+    ops = [line for body in sent for line in body if "index" in line and len(line) == 1]
+    ids = [op["index"]["_id"] for op in ops]
+    assert sorted(ids) == sorted(d.id for d in documents)  # one write per document, none twice
+    assert {op["index"]["_index"] for op in ops} == {"corpus-rgpl-v5"}
+    assert (result.documents, result.vectors) == (len(documents), len(documents))
+    served = client.get(index="corpus", id="d3")["_source"]
+    assert served["text"] == documents[3].text and served["topic"] == documents[3].title.split()[0]
+    np.testing.assert_allclose(served["rgpl_vector"], encode([documents[3].full_text()])[0])
+    # the next version reads this one (the alias's index), whose documents carry the old vector: a document
+    # the new vectors miss is served without one, never with the old model's
+    v6 = publish_version(backend, "dense", "v6", vectors=lambda hits: {h["_id"]: [0.5] * 6 for h in hits
+                                                                       if h["_id"] != "d2"})
+    assert (v6.documents, v6.vectors) == (len(documents), len(documents) - 1)
+    assert "rgpl_vector" not in client.get(index="corpus", id="d2")["_source"]
+    assert client.get(index="corpus", id="d1")["_source"]["rgpl_vector"] == [0.5] * 6
+    with pytest.raises(ValueError, match="write must be"):
+        publish_version(backend, "dense", "v7", write="twice")
+    assert not client.indices.exists(index="corpus-rgpl-v7")
+
+
 def test_a_concrete_index_needs_an_explicit_takeover(os_client, documents):
     load_corpus(os_client, "plain", documents)
     backend = OpenSearchBackend(os_client, "plain")
@@ -77,10 +113,24 @@ def test_a_concrete_index_needs_an_explicit_takeover(os_client, documents):
 def test_any_failure_leaves_the_alias_and_removes_the_half_built_version(aliased, documents):
     backend, vecs = aliased
     client = backend.client
-    # a vector for a document the source does not have: the bulk update fails (document missing)
+    # the reindex path: a vector for a document the source does not have fails its update (document missing)
     backend.put_vectors("stray", ["d1", "ghost"], vecs[:2])
     with pytest.raises(BulkWriteError, match="failed"):
-        publish_version(backend, "stray", "v2")
+        publish_version(backend, "stray", "v2", write="reindex")
+    assert alias_state(client, "corpus") == ("alias", ["corpus-v0"])
+    assert not client.indices.exists(index="corpus-rgpl-v2")
+    # the one-pass path: a document the cluster refuses (a vector of the wrong kind) is named by its id
+    good = space_vectors(backend, "dense")
+
+    def one_bad(hits):
+        out = dict(good(hits))
+        if "d7" in out:
+            out["d7"] = "not a vector"
+        return out
+
+    with pytest.raises(BulkWriteError, match="d7") as info:
+        publish_version(backend, "dense", "v2", vectors=one_bad)
+    assert [f["index"]["_id"] for f in info.value.failures] == ["d7"]
     assert alias_state(client, "corpus") == ("alias", ["corpus-v0"])
     assert not client.indices.exists(index="corpus-rgpl-v2")
     # the alias moved under our feet: the swap is refused, nothing changes
@@ -99,6 +149,6 @@ def test_any_failure_leaves_the_alias_and_removes_the_half_built_version(aliased
 
     client.reindex = reindex_fails
     with pytest.raises(Exception, match="connection dropped|publishing"):
-        publish_version(backend, "dense", "v4")
+        publish_version(backend, "dense", "v4", write="reindex")
     assert alias_state(client, "corpus") == ("alias", ["corpus-v0"])
     assert not client.indices.exists(index="corpus-rgpl-v4")
