@@ -329,3 +329,27 @@ def test_hybrid_weight_extremes_follow_each_retriever(backend, documents):
     with pytest.raises(ValueError, match="must match"):
         backend.hybrid_search("hyb", texts[:2], vectors, k)
     backend.drop_vectors("hyb")
+
+
+def test_hnsw_search_then_onnxruntime_import_does_not_crash(tmp_path, documents):
+    """Importing onnxruntime after usearch segfaults (usearch 2.26, onnxruntime 1.32); the vector store
+    loads onnxruntime first, so a process may load an ONNX encoder after an HNSW search."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("usearch") is None or importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("needs usearch and onnxruntime")
+    EmbeddedBackend.create(tmp_path / "idx", documents[:5]).close()
+    script = (
+        "import numpy as np\n"
+        "from rgpl_plugin.embedded import EmbeddedBackend\n"
+        f"b = EmbeddedBackend.open({str(tmp_path / 'idx')!r}, hnsw_threshold=10)\n"
+        "m = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)\n"
+        "b.put_vectors('s', [f'v{i}' for i in range(50)], m)\n"
+        "assert len(b.knn_search('s', m[:1], 5)[0]) == 5\n"
+        "import onnxruntime\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
