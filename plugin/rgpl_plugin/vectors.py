@@ -232,7 +232,8 @@ class VectorStore:
         # exact spaces are scanned whole on every search: keep them in RAM; HNSW spaces only
         # read candidate rows for rescoring, so a memory map is enough
         mmap_mode = "r" if len(ids) > self.hnsw_threshold else None
-        loaded = _Loaded(ids=ids, matrix=np.load(folder / "vectors.npy", mmap_mode=mmap_mode))
+        # np.asarray: a plain ndarray view of the map (indexing a np.memmap costs a Python-level wrapper)
+        loaded = _Loaded(ids=ids, matrix=np.asarray(np.load(folder / "vectors.npy", mmap_mode=mmap_mode)))
         self._cache[space] = loaded
         return loaded
 
