@@ -75,21 +75,17 @@ def latencies(fn: Callable[[int], object], n: int) -> dict[str, float]:
     }
 
 
-def hybrid_split(backend: EmbeddedBackend, texts: list[str], qvecs: np.ndarray, k: int, rounds: int = 3) -> dict:
+def hybrid_split(path: Path, texts: list[str], qvecs: np.ndarray, k: int, rounds: int = 3) -> dict:
     """Where a hybrid query's time goes: each leg, the fusion and the whole call, timed in a shuffled
     order per query (load hits them alike), plus the two legs run in two threads instead of in sequence
-    (tantivy and usearch release the GIL, so on idle cores the legs could overlap)."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    (``parallel_legs``: tantivy and usearch release the GIL, so on idle cores the legs overlap)."""
     from rgpl_plugin.fusion import fuse
 
-    pool = ThreadPoolExecutor(1)
-
-    def threaded(i: int) -> object:
-        dense = pool.submit(backend.knn_search, "dense", qvecs[i : i + 1], k)
-        bm25 = backend.bm25_search([texts[i]], k)
-        return fuse(bm25[0], dense.result()[0], k)
-
+    backend = EmbeddedBackend.open(path, hnsw_threshold=0, parallel_legs=False)
+    threaded = EmbeddedBackend.open(path, hnsw_threshold=0, parallel_legs=True)
+    for i in range(len(texts)):  # same results both ways
+        one = (texts[i : i + 1], qvecs[i : i + 1])
+        assert backend.hybrid_search("dense", *one, k) == threaded.hybrid_search("dense", *one, k)
     legs = {i: (backend.bm25_search([texts[i]], k)[0], backend.knn_search("dense", qvecs[i : i + 1], k)[0])
             for i in range(len(texts))}
     fns: dict[str, Callable[[int], object]] = {
@@ -97,7 +93,7 @@ def hybrid_split(backend: EmbeddedBackend, texts: list[str], qvecs: np.ndarray, 
         "dense_leg": lambda i: backend.knn_search("dense", qvecs[i : i + 1], k),
         "fusion": lambda i: fuse(*legs[i], k),
         "hybrid": lambda i: backend.hybrid_search("dense", texts[i : i + 1], qvecs[i : i + 1], k),
-        "hybrid_legs_in_threads": threaded,
+        "hybrid_legs_in_threads": lambda i: threaded.hybrid_search("dense", texts[i : i + 1], qvecs[i : i + 1], k),
     }
     times: dict[str, list[float]] = {name: [] for name in fns}
     rng = np.random.default_rng(0)
@@ -108,7 +104,8 @@ def hybrid_split(backend: EmbeddedBackend, texts: list[str], qvecs: np.ndarray, 
                 t = time.perf_counter()
                 fns[names[j]](i)
                 times[names[j]].append((time.perf_counter() - t) * 1000)
-    pool.shutdown()
+    backend.close()
+    threaded.close()
     out = {name: float(np.median(v)) for name, v in times.items()}
     out["python_overhead_ms"] = out["hybrid"] - out["bm25_leg"] - out["dense_leg"] - out["fusion"]
     out["ratio_to_bm25"] = out["hybrid"] / out["bm25_leg"]
@@ -123,7 +120,8 @@ def run(args: argparse.Namespace) -> dict:
         "dim": args.dim,
         "queries": args.queries,
         "k": args.k,
-        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
+        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
+                    "cores": os.cpu_count()},
     }
     docs, topics = synthetic_documents(args.docs, args.seed)
     t = time.perf_counter()
@@ -162,7 +160,7 @@ def run(args: argparse.Namespace) -> dict:
     results["iter_documents_docs_per_s"] = n_iter / (time.perf_counter() - t)
     backend.close()
 
-    hnsw = EmbeddedBackend.open(path, hnsw_threshold=0)
+    hnsw = EmbeddedBackend.open(path, hnsw_threshold=0, parallel_legs=False)
     t = time.perf_counter()
     hnsw.knn_search("dense", qvecs[:1], k)
     results["hnsw_build_s"] = time.perf_counter() - t
@@ -190,7 +188,7 @@ def run(args: argparse.Namespace) -> dict:
                 (bm if name == "bm25" else hy).append((time.perf_counter() - t) * 1000)
     results["interleaved"] = {"bm25_p50_ms": float(np.median(bm)), "hybrid_hnsw_p50_ms": float(np.median(hy)),
                               "ratio": float(np.median(hy) / np.median(bm))}
-    results["hybrid_split"] = hybrid_split(hnsw, texts, qvecs, k)
+    results["hybrid_split"] = hybrid_split(path, texts, qvecs, k)
     hnsw.close()
     results["index_size_mb"] = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
     if not args.keep and not args.workdir:
