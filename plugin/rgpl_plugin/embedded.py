@@ -27,7 +27,6 @@ import os
 import shutil
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -48,10 +47,6 @@ TOKENIZER_NAME = "rgpl_en_stem"
 _SEARCH_FIELDS = ("title", "text")
 _WRITER_HEAP = 128_000_000
 _SQL_CHUNK = 500
-PARALLEL_LEGS_MIN_CORES = 4
-"""Cores from which :meth:`EmbeddedBackend.hybrid_search` overlaps its two legs by default. On 2 busy
-cores (load 10) the overlap measured no faster than the sequence (bench/RESULTS.md): a second thread
-only pays when a core is free for it."""
 
 
 @functools.cache
@@ -103,9 +98,7 @@ class EmbeddedBackend:
 
     name = "embedded"
 
-    def __init__(
-        self, path: Path, *, hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD, parallel_legs: bool | None = None
-    ) -> None:
+    def __init__(self, path: Path, *, hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD) -> None:
         """Open the index at ``path`` (prefer :meth:`open`, which documents the errors)."""
         self.path = Path(path)
         if not is_index(self.path):
@@ -128,8 +121,6 @@ class EmbeddedBackend:
         self._db: sqlite3.Connection | None = sqlite3.connect(uri, uri=True, check_same_thread=False)
         self._ids: list[str] | None = None
         self._vectors = VectorStore(self.path / "vectors", hnsw_threshold=hnsw_threshold)
-        self.parallel_legs = (os.cpu_count() or 1) >= PARALLEL_LEGS_MIN_CORES if parallel_legs is None else parallel_legs
-        self._pool: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -192,16 +183,13 @@ class EmbeddedBackend:
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike, *, hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD,
-        parallel_legs: bool | None = None,
+        cls, path: str | os.PathLike, *, hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD
     ) -> EmbeddedBackend:
         """Reopen an index built by :meth:`create` without rebuilding anything.
 
-        ``parallel_legs``: run the dense leg of :meth:`hybrid_search` in a second thread while BM25
-        runs (default: with at least :data:`PARALLEL_LEGS_MIN_CORES` cores). Raises
-        :class:`BackendError` when ``path`` is not an embedded index.
+        Raises :class:`BackendError` when ``path`` is not an embedded index.
         """
-        return cls(Path(path), hnsw_threshold=hnsw_threshold, parallel_legs=parallel_legs)
+        return cls(Path(path), hnsw_threshold=hnsw_threshold)
 
     # -------------------------------------------------------------- documents
     @property
@@ -331,30 +319,18 @@ class EmbeddedBackend:
         """BM25 top-``k`` fused with k-NN top-``k`` per query (see :func:`rgpl_plugin.fusion.fuse`).
 
         Like an OpenSearch hybrid query, each sub-query returns ``k`` hits and fusion runs over
-        their union; ``weight`` is the dense share (``min_max`` only). With ``parallel_legs`` the
-        dense leg runs in a second thread during the BM25 leg (tantivy and usearch both release the
-        GIL); the results are the same either way.
+        their union; ``weight`` is the dense share (``min_max`` only).
         """
         vectors = np.asarray(vectors)
         if len(texts) != len(vectors):
             raise ValueError(f"got {len(texts)} texts for {len(vectors)} query vectors; they must match")
-        if self.parallel_legs:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(1, thread_name_prefix="rgpl-dense-leg")
-            pending = self._pool.submit(self.knn_search, space, vectors, k)
-            bm25 = self.bm25_search(texts, k)
-            dense = pending.result()
-        else:
-            bm25 = self.bm25_search(texts, k)
-            dense = self.knn_search(space, vectors, k)
+        bm25 = self.bm25_search(texts, k)
+        dense = self.knn_search(space, vectors, k)
         return [fuse(b, d, k, weight=weight, method=method) for b, d in zip(bm25, dense)]
 
     # --------------------------------------------------------------- lifecycle
     def close(self) -> None:
         """Close the document store; searching afterwards raises BackendError."""
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
         if self._db is not None:
             self._db.close()
             self._db = None

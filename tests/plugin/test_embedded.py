@@ -354,31 +354,3 @@ def test_hnsw_search_then_onnxruntime_import_does_not_crash(tmp_path, documents)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
-
-@pytest.mark.parametrize("hnsw_threshold", [1_000_000, 10])
-def test_hybrid_legs_in_parallel_give_the_sequential_results(tmp_path, documents, hnsw_threshold):
-    if hnsw_threshold == 10:
-        pytest.importorskip("usearch", reason="HNSW needs usearch (pip install 'rgpl-adapt[hnsw]')")
-    rng = np.random.default_rng(5)
-    ids = [d.id for d in documents]
-    matrix = rng.normal(size=(len(ids), 16)).astype(np.float32)
-    EmbeddedBackend.create(tmp_path / "idx", documents).close()
-    texts = ["vitamin calcium bone", "tumor chemotherapy", "zzz unknown", "gene", "heart stroke blood"]
-    vectors = rng.normal(size=(len(texts), 16)).astype(np.float32)
-    results = {}
-    for parallel in (False, True):
-        with EmbeddedBackend.open(tmp_path / "idx", hnsw_threshold=hnsw_threshold, parallel_legs=parallel) as b:
-            assert b.parallel_legs is parallel
-            if not b.has_vectors("hyb"):
-                b.put_vectors("hyb", ids, matrix)
-            batched = b.hybrid_search("hyb", texts, vectors, 7, weight=0.4)
-            one_by_one = [b.hybrid_search("hyb", [t], vectors[i : i + 1], 7, weight=0.4)[0] for i, t in enumerate(texts)]
-            for row, single in zip(batched, one_by_one):  # a matrix product vs a vector one: last-bit rounding
-                assert [h.doc_id for h in row] == [h.doc_id for h in single]
-                assert [h.score for h in row] == pytest.approx([h.score for h in single], rel=1e-5)
-            results[(parallel, "one by one")] = one_by_one
-            results[parallel] = batched
-        assert b._pool is None  # close() stopped the worker thread
-    assert results[True] == results[False]  # exactly: same hits, same scores, same order
-    assert results[(True, "one by one")] == results[(False, "one by one")]
-    assert all(len(r) == 7 for r in results[True])
