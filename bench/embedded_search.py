@@ -79,7 +79,7 @@ def hybrid_split(path: Path, texts: list[str], qvecs: np.ndarray, k: int, rounds
     """Where a hybrid query's time goes: each leg, the fusion and the whole call, timed in a shuffled
     order per query (load hits them alike), plus the two legs run in two threads instead of in sequence
     (tantivy and usearch release the GIL, but the Python around each native call needs it: a thread
-    waiting for the GIL can wait for the 5 ms switch interval, which is why hybrid_search stays sequential)."""
+    waiting for the GIL can wait for the 5 ms switch interval, so hybrid_search stays sequential)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from rgpl_plugin.fusion import fuse
@@ -228,8 +228,9 @@ def table(r: dict) -> str:
         ("iter_documents", f"{r['iter_documents_docs_per_s']:,.0f} docs/s"),
         ("interleaved p50 BM25 / hybrid HNSW", f"{r['interleaved']['bm25_p50_ms']:.2f} / "
          f"{r['interleaved']['hybrid_hnsw_p50_ms']:.2f} ms ({r['interleaved']['ratio']:.2f}x)"),
-        ("hybrid split p50: BM25 + dense + fusion + rest", "{bm25_leg:.2f} + {dense_leg:.2f} + {fusion:.3f} + "
-         "{python_overhead_ms:.3f} = {hybrid:.2f} ms ({ratio_to_bm25:.2f}x BM25)".format(**r["hybrid_split"])),
+        ("hybrid split p50: BM25 + dense + fusion + rest",
+         "{bm25_leg:.2f} + {dense_leg:.2f} + {fusion:.3f} + {python_overhead_ms:.3f} = {hybrid:.2f} ms "
+         "({ratio_to_bm25:.2f}x BM25)".format(**r["hybrid_split"])),
         ("hybrid with the legs in two threads p50", f"{r['hybrid_split']['hybrid_legs_in_threads']:.2f} ms"),
         ("load average (1 min) before / after", f"{r['load_avg'][0]:.1f} / {r['load_avg'][1]:.1f}"),
     ]

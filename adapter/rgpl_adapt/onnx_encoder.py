@@ -14,7 +14,8 @@ token count and cut into batches padded only to their own longest text, so a bat
 lengths wastes little on padding. A batch holds at most ``max_batch_tokens`` (2048) padded tokens:
 long texts run 16 at a time and their activations stay in cache (1.44x torch fp32 against 1.33x at
 batch 64 on 130-token texts, bench/RESULTS.md). Idle intra-op threads do not spin-wait
-(``spin=False``): on shared cores spinning takes time slices from the threads doing the work. Only ``sentence_embedding`` is fetched (not the per-token output).
+(``spin=False``): on shared cores spinning takes time slices from the threads doing the work.
+Only ``sentence_embedding`` is fetched (not the per-token output).
 The session runs one dummy batch when it is created, so the first real query does not pay for
 onnxruntime's lazy initialisation. :meth:`OnnxEncoder.encode_queries` keeps an LRU cache of query
 vectors: a query served by several legs (BM25 + dense, several weights) or repeated is encoded once.

@@ -59,9 +59,8 @@ class Searcher:
         if backend is None:
             index = self.run_dir / "index"
             if not index.exists():
-                raise PipelineError(
-                    f"{run_dir} has no embedded index: run `rgpl-adapt adapt --corpus ... --out {run_dir}` first"
-                )
+                raise PipelineError(f"{run_dir} has no embedded index: run "
+                                    f"`rgpl-adapt adapt --corpus ... --out {run_dir}` first")
             backend = EmbeddedBackend.open(index, hnsw_threshold=hnsw_threshold)
         self.backend = backend
         self._encoder = encoder
@@ -72,7 +71,9 @@ class Searcher:
         """The run's exported encoder (ONNX when exported), loaded and warmed up on first use."""
         if self._encoder is None:
             config = self.run_dir / "config.json"
-            prefer_onnx = AdaptConfig.from_dict(json.loads(config.read_text())).export.onnx if config.exists() else True
+            prefer_onnx = True
+            if config.exists():
+                prefer_onnx = AdaptConfig.from_dict(json.loads(config.read_text())).export.onnx
             self._encoder = load_encoder(self.run_dir / "export", prefer_onnx)
         return self._encoder
 
@@ -89,8 +90,10 @@ class Searcher:
         cached = getattr(encoder, "encode_queries", None)
         return cached(list(queries)) if cached is not None else encoder.encode(list(queries))
 
-    def search(self, query: str, k: int = 10, *, mode: SearchMode = "hybrid", weight: float | None = None) -> list[Hit]:
-        """The top ``k`` hits of ``query``; ``weight`` is the dense share of a hybrid query (default: the run's)."""
+    def search(
+        self, query: str, k: int = 10, *, mode: SearchMode = "hybrid", weight: float | None = None
+    ) -> list[Hit]:
+        """The top ``k`` hits of ``query``; ``weight``: the dense share of hybrid (default: the run's)."""
         if mode == "bm25":
             return self.backend.bm25_search([query], k)[0]
         if mode not in ("hybrid", "dense"):

@@ -172,7 +172,7 @@ def _fuse_min_max(bm25_hits: Sequence[Hit], dense_hits: Sequence[Hit], k: int, w
     for doc_id in [*bs, *(d for d in ds if d not in bs)]:
         total = 0.0 + wb * bs.get(doc_id, 0.0) + wd * ds.get(doc_id, 0.0)
         combined[doc_id] = 0.0 if weight_sum == 0.0 else total / weight_sum
-    first, second = (bp, dp) if wb >= wd else (dp, bp)  # ties: the heavier list's order, BM25 on equal weights
+    first, second = (bp, dp) if wb >= wd else (dp, bp)  # ties: the heavier list's order (BM25 if equal)
     big = max(len(bm25_hits), len(dense_hits)) + 1
     ranked = sorted(combined, key=lambda d: (-combined[d], first.get(d, big), second.get(d, big), d))
     return [Hit(d, combined[d]) for d in ranked[:k]]

@@ -20,7 +20,8 @@ vectors); it returns ``HNSW_OVERSAMPLE * k`` candidates whose scores are recompu
 float32 matrix, so the ranking is exact within the candidates. On 50k clustered 384-d vectors
 recall@10 against exact search stayed at 0.998 while the one-query p50 fell from 1.01 ms (f32 graph,
 batch call) to 0.39-0.46 ms at a higher machine load (bench/RESULTS.md). One query goes straight to
-``Index.search(vector)``, without the batch bookkeeping. A graph saved with other settings (dtype, connectivity) is rebuilt.
+``Index.search(vector)``, without the batch bookkeeping. A graph saved with other settings (dtype,
+connectivity) is rebuilt.
 When usearch is not installed, search **falls back to exact** with a logged warning (exact is
 always correct, just slower) instead of failing a pipeline run; install ``rgpl-adapt[hnsw]``.
 """
@@ -293,10 +294,12 @@ class VectorStore:
         ids = loaded.ids
         if index is None:
             rows, scores = exact_topk(loaded.matrix, queries, k)
-            return [[Hit(ids[r], s) for r, s in zip(rr, ss)] for rr, ss in zip(rows.tolist(), scores.tolist())]
+            return [[Hit(ids[r], s) for r, s in zip(rr, ss)]
+                    for rr, ss in zip(rows.tolist(), scores.tolist())]
         kk = min(k, len(ids))
         if queries.shape[0] == 1:  # serving: one query, no batch bookkeeping
-            rows, scores = _rescore(loaded.matrix, queries[0], index.search(queries[0], HNSW_OVERSAMPLE * kk).keys, kk)
+            keys = index.search(queries[0], HNSW_OVERSAMPLE * kk).keys
+            rows, scores = _rescore(loaded.matrix, queries[0], keys, kk)
             return [[Hit(ids[r], s) for r, s in zip(rows, scores)]]
         # one thread per query, at most the cores: usearch starts its threads on every call
         matches = index.search(queries, HNSW_OVERSAMPLE * kk, threads=min(len(queries), os.cpu_count() or 1))
@@ -326,7 +329,9 @@ def _graph_settings(index: Any) -> tuple[int, dict[str, Any]]:
     return len(index), {"ndim": int(index.ndim), "dtype": dtype, "connectivity": int(index.connectivity)}
 
 
-def _rescore(matrix: np.ndarray, query: np.ndarray, keys: np.ndarray, k: int) -> tuple[list[int], list[float]]:
+def _rescore(
+    matrix: np.ndarray, query: np.ndarray, keys: np.ndarray, k: int
+) -> tuple[list[int], list[float]]:
     """The best ``k`` of the HNSW candidate rows ``keys`` by their exact float32 inner product with
     ``query``, best first, ties to the lower row."""
     rows = np.sort(np.asarray(keys, dtype=np.int64))  # ascending: ordered reads of a memory map

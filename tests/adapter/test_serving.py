@@ -20,10 +20,11 @@ from rgpl_adapt.serving import SERVE_HNSW_THRESHOLD, Searcher
 def run_dir(tmp_path_factory, tiny_student, documents) -> Path:
     """A finished run folder as far as serving reads it: index/ with dense vectors, export/onnx."""
     run = tmp_path_factory.mktemp("serving-run")
-    export_model(tiny_student, run / "export", ExportConfig(), sample_texts=[d.full_text() for d in documents[:6]])
+    texts = [d.full_text() for d in documents]
+    export_model(tiny_student, run / "export", ExportConfig(), sample_texts=texts[:6])
     encoder = OnnxEncoder(run / "export", providers=["CPUExecutionProvider"])
     with EmbeddedBackend.create(run / "index", documents) as backend:
-        backend.put_vectors(DENSE_SPACE, [d.id for d in documents], encoder.encode([d.full_text() for d in documents]))
+        backend.put_vectors(DENSE_SPACE, [d.id for d in documents], encoder.encode(texts))
     return run
 
 
@@ -49,7 +50,8 @@ def test_one_encoding_feeds_both_legs_and_repeats(run_dir):
         hybrid = searcher.search("vitamin bone", 5)
         assert counting.texts == ["vitamin bone"]
         reference = OnnxEncoder(run_dir / "export", providers=["CPUExecutionProvider"]).encode(["vitamin bone"])
-        assert hybrid == searcher.backend.hybrid_search(DENSE_SPACE, ["vitamin bone"], reference, 5, weight=0.5)[0]
+        backend = searcher.backend
+        assert hybrid == backend.hybrid_search(DENSE_SPACE, ["vitamin bone"], reference, 5, weight=0.5)[0]
         dense = searcher.search("vitamin bone", 5, mode="dense")
         searcher.search("vitamin bone", 5, weight=0.2)
         assert counting.texts == ["vitamin bone"]  # the other mode and weight reused the cached vector

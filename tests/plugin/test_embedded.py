@@ -252,6 +252,9 @@ def test_drop_vectors_and_errors(backend):
 
 
 def test_hnsw_agrees_with_exact(tmp_path, documents):
+    from rgpl_plugin.vectors import _load_onnxruntime_first
+
+    _load_onnxruntime_first()  # as the store does: onnxruntime imported after usearch crashes later tests
     pytest.importorskip("usearch", reason="HNSW needs usearch (pip install 'rgpl-adapt[hnsw]'); the exact path is tested without it")
     rng = np.random.default_rng(1)
     n, dim = 3000, 32
