@@ -357,3 +357,25 @@ def test_hnsw_search_then_onnxruntime_import_does_not_crash(tmp_path, documents)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
+
+
+def test_hnsw_graph_saved_with_other_settings_is_rebuilt(tmp_path, documents):
+    from rgpl_plugin.vectors import HNSW_DTYPE, _load_onnxruntime_first
+
+    _load_onnxruntime_first()
+    usearch_index = pytest.importorskip("usearch.index", reason="HNSW needs usearch (rgpl-adapt[hnsw])")
+    rng = np.random.default_rng(4)
+    matrix = clustered(rng, 300, 16)
+    ids = [f"v{i}" for i in range(300)]
+    EmbeddedBackend.create(tmp_path / "idx", documents[:5]).close()
+    with EmbeddedBackend.open(tmp_path / "idx", hnsw_threshold=100) as b:
+        b.put_vectors("s", ids, matrix)
+        b.knn_search("s", matrix[:1], 5)  # merges and builds the graph
+    graph = tmp_path / "idx" / "vectors" / "s" / "hnsw.usearch"
+    old = usearch_index.Index(ndim=16, metric="ip", dtype="f32", connectivity=16)  # an earlier version's graph
+    old.add(np.arange(300, dtype=np.uint64), matrix)
+    old.save(str(graph))
+    with EmbeddedBackend.open(tmp_path / "idx", hnsw_threshold=100) as b:
+        hits = b.knn_search("s", matrix[:3], 5)
+    assert [row[0].doc_id for row in hits] == ids[:3]
+    assert str(usearch_index.Index.restore(str(graph)).dtype).lower().endswith(HNSW_DTYPE)
