@@ -534,7 +534,7 @@ def search(run_dir: str | None, index_name: str | None, k: int, mode: str, weigh
       rgpl-adapt search --run runs/scifact "does vitamin D prevent fractures"
       OPENSEARCH_URL=https://search.example:9200 rgpl-adapt search --index docs "vitamin D"
     """
-    from rgpl_adapt.pipeline import DENSE_SPACE, PipelineError, hybrid_weight_of, load_encoder, open_embedded
+    from rgpl_adapt.serving import Searcher
 
     if index_name:
         _search_index(run_dir, index_name, k, mode, weight, as_json, query, conn)
@@ -542,20 +542,9 @@ def search(run_dir: str | None, index_name: str | None, k: int, mode: str, weigh
     if not run_dir:
         raise click.UsageError("pass --run RUN_FOLDER (or --index NAME to search a cluster)")
     try:
-        backend = open_embedded(run_dir)
-        if mode == "bm25":
-            hits = backend.bm25_search([query], k)[0]
-        else:
-            cfg = AdaptConfig.from_dict(json.loads((Path(run_dir) / "config.json").read_text()))
-            if not backend.has_vectors(DENSE_SPACE):
-                raise PipelineError(f"{run_dir} has no dense vectors yet: let `rgpl-adapt adapt` finish")
-            vec = load_encoder(Path(run_dir) / "export", cfg.export.onnx).encode([query])
-            if mode == "dense":
-                hits = backend.knn_search(DENSE_SPACE, vec, k)[0]
-            else:
-                w = hybrid_weight_of(run_dir) if weight is None else weight
-                hits = backend.hybrid_search(DENSE_SPACE, [query], vec, k, weight=w)[0]
-        docs = backend.get_documents([h.doc_id for h in hits])
+        with Searcher(run_dir) as searcher:  # one query encoding feeds the dense leg; HNSW above 20k vectors
+            hits = searcher.search(query, k, mode=mode, weight=weight)
+            docs = searcher.backend.get_documents([h.doc_id for h in hits])
     except (RuntimeError, ValueError, OSError, KeyError) as exc:
         raise click.ClickException(str(exc)) from exc
     _print_hits([{"id": h.doc_id, "score": h.score, "title": d.title, "text": d.text} for h, d in zip(hits, docs)], as_json)

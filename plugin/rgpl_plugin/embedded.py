@@ -20,6 +20,7 @@ string (``?``, ``:``, quotes, ``AND``, parentheses, ``-``) is searched as plain 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -48,6 +49,7 @@ _WRITER_HEAP = 128_000_000
 _SQL_CHUNK = 500
 
 
+@functools.cache
 def _tantivy() -> Any:
     from rgpl_adapt.devices import require
 

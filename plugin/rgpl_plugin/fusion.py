@@ -144,6 +144,40 @@ def rrf(
     return _ranked(combined, lists, weights)
 
 
+def _normalized_first(hits: Sequence[Hit]) -> tuple[dict[str, float], dict[str, int]]:
+    """doc id -> (min-max normalised score, position) of its first occurrence in ``hits``."""
+    scores: dict[str, float] = {}
+    positions: dict[str, int] = {}
+    if not hits:
+        return scores, positions
+    lo = min(h.score for h in hits)
+    span = max(h.score for h in hits) - lo
+    for i, h in enumerate(hits):
+        if h.doc_id not in scores:
+            n = SINGLE_RESULT_SCORE if span == 0 else (h.score - lo) / span
+            scores[h.doc_id] = MIN_SCORE if n == 0.0 else n
+            positions[h.doc_id] = i
+    return scores, positions
+
+
+def _fuse_min_max(bm25_hits: Sequence[Hit], dense_hits: Sequence[Hit], k: int, weight: float) -> list[Hit]:
+    """``combine_arithmetic_mean([min_max_normalize(b), min_max_normalize(d)], [1 - w, w])[:k]`` in one
+    pass without intermediate lists: the serving path runs it once per hybrid query. Normalised scores
+    are never negative, so every weight counts; same values, same order (tests compare the two)."""
+    wb, wd = 1.0 - weight, weight
+    weight_sum = 0.0 + wb + wd
+    bs, bp = _normalized_first(bm25_hits)
+    ds, dp = _normalized_first(dense_hits)
+    combined = {}
+    for doc_id in [*bs, *(d for d in ds if d not in bs)]:
+        total = 0.0 + wb * bs.get(doc_id, 0.0) + wd * ds.get(doc_id, 0.0)
+        combined[doc_id] = 0.0 if weight_sum == 0.0 else total / weight_sum
+    first, second = (bp, dp) if wb >= wd else (dp, bp)  # ties: the heavier list's order (BM25 if equal)
+    big = max(len(bm25_hits), len(dense_hits)) + 1
+    ranked = sorted(combined, key=lambda d: (-combined[d], first.get(d, big), second.get(d, big), d))
+    return [Hit(d, combined[d]) for d in ranked[:k]]
+
+
 def fuse(
     bm25_hits: Sequence[Hit],
     dense_hits: Sequence[Hit],
@@ -163,9 +197,7 @@ def fuse(
     if method == "min_max":
         if not 0.0 <= weight <= 1.0:
             raise ValueError(f"weight is the dense share and must be in [0, 1], got {weight}")
-        fused = combine_arithmetic_mean(
-            [min_max_normalize(bm25_hits), min_max_normalize(dense_hits)], [1.0 - weight, weight]
-        )
+        return _fuse_min_max(bm25_hits, dense_hits, k, weight)
     elif method == "rrf":
         fused = rrf([bm25_hits, dense_hits], rank_constant=rank_constant)
     else:

@@ -142,6 +142,29 @@ def test_length_batches_pad_each_batch_to_its_own_longest_text(export_dir, torch
     np.testing.assert_allclose(enc.encode(texts, batch_size=4), ref, atol=1e-5, rtol=0)
 
 
+def test_batches_are_capped_by_padded_tokens(export_dir, torch_model, documents):
+    texts = mixed_texts(documents)
+    enc = OnnxEncoder(export_dir, providers=["CPUExecutionProvider"], max_batch_tokens=64)
+    seen = []
+    for idx, feed in enc._length_batches(texts, 16):
+        rows, width = feed["input_ids"].shape
+        assert rows == 1 or rows * width <= 64  # a text longer than the cap still runs, alone
+        seen.extend(idx.tolist())
+    assert sorted(seen) == list(range(len(texts)))
+    uncapped = OnnxEncoder(export_dir, providers=["CPUExecutionProvider"], max_batch_tokens=None)
+    assert all(len(i) == 16 for i, _ in list(uncapped._length_batches(texts, 16))[:-1])
+    ref = torch_model.encode(texts, convert_to_numpy=True)
+    np.testing.assert_allclose(enc.encode(texts, batch_size=16), ref, atol=1e-5, rtol=0)
+
+
+def test_spinning_is_off_unless_asked(export_dir):
+    def spinning(enc: OnnxEncoder) -> str:
+        return enc.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+
+    assert spinning(OnnxEncoder(export_dir, providers=["CPUExecutionProvider"])) == "0"
+    assert spinning(OnnxEncoder(export_dir, providers=["CPUExecutionProvider"], spin=True)) == "1"
+
+
 def test_encode_queries_encodes_each_query_once(export_dir):
     enc = OnnxEncoder(export_dir, providers=["CPUExecutionProvider"], query_cache=2)
     runs = []

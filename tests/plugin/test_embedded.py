@@ -252,6 +252,9 @@ def test_drop_vectors_and_errors(backend):
 
 
 def test_hnsw_agrees_with_exact(tmp_path, documents):
+    from rgpl_plugin.vectors import _load_onnxruntime_first
+
+    _load_onnxruntime_first()  # as the store does: onnxruntime imported after usearch crashes later tests
     pytest.importorskip("usearch", reason="HNSW needs usearch (pip install 'rgpl-adapt[hnsw]'); the exact path is tested without it")
     rng = np.random.default_rng(1)
     n, dim = 3000, 32
@@ -329,3 +332,50 @@ def test_hybrid_weight_extremes_follow_each_retriever(backend, documents):
     with pytest.raises(ValueError, match="must match"):
         backend.hybrid_search("hyb", texts[:2], vectors, k)
     backend.drop_vectors("hyb")
+
+
+def test_hnsw_search_then_onnxruntime_import_does_not_crash(tmp_path, documents):
+    """Importing onnxruntime after usearch segfaults (usearch 2.26, onnxruntime 1.32); the vector store
+    loads onnxruntime first, so a process may load an ONNX encoder after an HNSW search."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("usearch") is None or importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("needs usearch and onnxruntime")
+    EmbeddedBackend.create(tmp_path / "idx", documents[:5]).close()
+    script = (
+        "import numpy as np\n"
+        "from rgpl_plugin.embedded import EmbeddedBackend\n"
+        f"b = EmbeddedBackend.open({str(tmp_path / 'idx')!r}, hnsw_threshold=10)\n"
+        "m = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)\n"
+        "b.put_vectors('s', [f'v{i}' for i in range(50)], m)\n"
+        "assert len(b.knn_search('s', m[:1], 5)[0]) == 5\n"
+        "import onnxruntime\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+
+def test_hnsw_graph_saved_with_other_settings_is_rebuilt(tmp_path, documents):
+    from rgpl_plugin.vectors import HNSW_DTYPE, _load_onnxruntime_first
+
+    _load_onnxruntime_first()
+    usearch_index = pytest.importorskip("usearch.index", reason="HNSW needs usearch (rgpl-adapt[hnsw])")
+    rng = np.random.default_rng(4)
+    matrix = clustered(rng, 300, 16)
+    ids = [f"v{i}" for i in range(300)]
+    EmbeddedBackend.create(tmp_path / "idx", documents[:5]).close()
+    with EmbeddedBackend.open(tmp_path / "idx", hnsw_threshold=100) as b:
+        b.put_vectors("s", ids, matrix)
+        b.knn_search("s", matrix[:1], 5)  # merges and builds the graph
+    graph = tmp_path / "idx" / "vectors" / "s" / "hnsw.usearch"
+    old = usearch_index.Index(ndim=16, metric="ip", dtype="f32", connectivity=16)  # an earlier version's graph
+    old.add(np.arange(300, dtype=np.uint64), matrix)
+    old.save(str(graph))
+    with EmbeddedBackend.open(tmp_path / "idx", hnsw_threshold=100) as b:
+        hits = b.knn_search("s", matrix[:3], 5)
+    assert [row[0].doc_id for row in hits] == ids[:3]
+    assert str(usearch_index.Index.restore(str(graph)).dtype).lower().endswith(HNSW_DTYPE)

@@ -131,3 +131,24 @@ def test_fuse_rrf_and_validation():
     with pytest.raises(ValueError, match="unknown fusion method"):
         fuse(bm25, dense, k=3, method="l2")  # type: ignore[arg-type]
     assert fuse([], [], k=5) == []
+
+
+def test_fuse_min_max_fast_path_equals_the_reference_composition():
+    """fuse's one-pass min-max path gives exactly combine_arithmetic_mean(min_max_normalize(...)) (values
+    and order), including repeated ids, ties, single hits, empty lists and the weight extremes."""
+    import random
+
+    rng = random.Random(7)
+    for trial in range(400):
+        pool = [f"d{i}" for i in range(rng.randint(1, 12))]
+        lists = []
+        for _ in range(2):
+            n = rng.randint(0, 8)
+            scores = [rng.choice([0.5, 1.0, round(rng.uniform(-2, 5), 1)]) for _ in range(n)]
+            lists.append([Hit(rng.choice(pool), s) for s in sorted(scores, reverse=True)])
+        weight = rng.choice([0.0, 0.3, 0.5, 0.7, 1.0, rng.random()])
+        k = rng.randint(1, 10)
+        reference = combine_arithmetic_mean(
+            [min_max_normalize(lists[0]), min_max_normalize(lists[1])], [1.0 - weight, weight]
+        )[:k]
+        assert fuse(lists[0], lists[1], k, weight=weight) == reference, (trial, lists, weight, k)
