@@ -202,6 +202,10 @@ class ClusterBackend:
             return self.store.search(space, np.atleast_2d(np.asarray(queries, dtype=np.float32)), k)
         return self.source.knn_search(space, queries, k)
 
+    def vector_matrix(self, space: str) -> tuple[list[str], np.ndarray] | None:
+        """The local space's ids and vectors (``miner="local"``); None when the space lives in the cluster."""
+        return self.store.matrix(space) if self.store is not None else None
+
     def has_vectors(self, space: str) -> bool:
         return self.store.has(space) if self.store is not None else self.source.has_vectors(space)
 

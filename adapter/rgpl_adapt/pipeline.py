@@ -278,6 +278,7 @@ class Pipeline:
             from rgpl_adapt.models import load_sentence_transformer
 
             bf16 = encode_precision(self.cfg.training.precision, self.device) == "bf16"
+            searches: dict[str, dict] = {}  # per retriever: exact or HNSW, and the measured recall
             retrievers = [
                 (
                     name,
@@ -297,11 +298,13 @@ class Pipeline:
                 k=mc.k,
                 encode_batch_size=mc.encode_batch_size,
                 progress=self.progress,
+                exact_budget_s=mc.exact_budget_s,
+                search_reports=searches,
             )
             n = write_jsonl(stage_dir / "pools.jsonl", pools)
             empty = sum(1 for p in pools if not p.all_ids())
             return {"pools": n, "empty_pools": empty, "sources": ["bm25"] * mc.bm25 + list(mc.retrievers),
-                    "similarity": {name: mc.similarity for name in mc.retrievers}}
+                    "similarity": {name: mc.similarity for name in mc.retrievers}, "search": searches}
 
         self._stage("negatives", {"mining": mc}, build)
         return list(read_jsonl(self.dir / "negatives" / "pools.jsonl", NegativePool))
