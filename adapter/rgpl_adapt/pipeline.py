@@ -250,7 +250,15 @@ class Pipeline:
                 )
             n = write_jsonl(stage_dir / "queries.jsonl", merged)
             n_reused = sum(len(reuse[d.id]) for d in selected if d.id in reuse)
-            return {
+            style: dict[str, Any] = {}
+            if gc.example_queries:  # how the user's example queries steered generation
+                style["example_queries"] = len(gc.example_queries)
+                if total.style_candidates:  # seq2seq: candidates ranked by style (rgpl_adapt.query_style)
+                    style.update(style_candidates=total.style_candidates, style_kept=total.style_kept,
+                                 style_dropped=total.dropped.get("style", 0), style_oversample=gc.style_oversample)
+                else:
+                    style["style"] = "few-shot prompt of the causal LM"
+            return {**style,
                 "queries": n,
                 "reused": n_reused,
                 "passages": len(selected),
