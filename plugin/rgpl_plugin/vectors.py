@@ -246,9 +246,9 @@ class VectorStore:
         if loaded.hnsw is not None:
             return loaded.hnsw
         try:
-            from rgpl_adapt.devices import require
+            from rgpl_adapt.devices import require_usearch
 
-            usearch_index = require("usearch.index", extra="hnsw")
+            usearch_index = require_usearch()  # onnxruntime first: the other order segfaults
         except ImportError as exc:
             if not self._warned_no_usearch:
                 logger.warning("%s; searching %d vectors exactly instead (slower)", exc, len(loaded.ids))
