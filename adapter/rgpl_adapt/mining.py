@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from rgpl_adapt.encoding import TextEncoder
-from rgpl_adapt.neighbours import DEFAULT_EXACT_BUDGET_S, SearchReport, plan_search
+from rgpl_adapt.neighbours import DEFAULT_EXACT_BUDGET_S, SearchReport, measure_backend, plan_search
 from rgpl_adapt.progress import ProgressFactory, silent
 from rgpl_adapt.records import GeneratedQuery, Hit, NegativePool
 from rgpl_plugin.base import Backend, batched
@@ -120,7 +120,8 @@ def _knn_negatives(
     """Top-k neighbours of each query vector in ``space``, the query's positive removed.
 
     Vectors on this machine are searched by :func:`rgpl_adapt.neighbours.plan_search` (exact within
-    ``exact_budget_s``, else HNSW with measured recall); a cluster's space by its own k-NN.
+    ``exact_budget_s``, else HNSW with measured recall); a cluster's space by its own k-NN, whose recall
+    is measured on a sample (:func:`rgpl_adapt.neighbours.measure_backend`).
     """
     kk = _search_k(k, backend.count())
     local = _local_vectors(backend, space)
@@ -134,8 +135,7 @@ def _knn_negatives(
             return backend.knn_search(space, batch, kk)
 
         step = SEARCH_BATCH
-        report = SearchReport("backend", queries=len(queries), vectors=backend.count(), k=kk,
-                              reason=f"{backend.name} k-NN (the engine's own index)")
+        report = measure_backend(backend, space, vectors, kk)
     out: list[list[str]] = []
     with progress(total=len(queries), desc=desc, unit="query") as bar:
         for start in range(0, len(queries), step):

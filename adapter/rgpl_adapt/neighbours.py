@@ -17,8 +17,11 @@ approximate index is only worth it when exact search does not fit the time avail
   the estimate and the measured recall are a :class:`SearchReport`, logged and written to the
   stage's manifest (``negatives``: ``search``) and to each remining round's ``info.json``.
 
-Spaces that live in a cluster (``miner="cluster"``) are searched by the engine's own k-NN; their
-report says so (method ``backend``).
+Spaces that live in a cluster (``miner="cluster"``) are searched by the engine's own k-NN (method
+``backend``): we do not run brute-force scoring of every query on the user's cluster, but
+:func:`measure_backend` measures the engine's recall@k against its exact ``script_score`` search on a
+sample of ``RECALL_SAMPLE`` queries and records it; below ``RECALL_TARGET`` it warns and names
+``--miner local`` (this module's search on the training machine) as the exact alternative.
 """
 
 from __future__ import annotations
@@ -124,9 +127,9 @@ class Neighbours:
 
 
 def _build_hnsw(matrix: np.ndarray) -> Any:
-    from rgpl_adapt.devices import require
+    from rgpl_adapt.devices import require_usearch
 
-    usearch_index = require("usearch.index", extra="hnsw")
+    usearch_index = require_usearch()
     index = usearch_index.Index(ndim=int(matrix.shape[1]), metric="ip", dtype="f32",
                                 connectivity=HNSW_CONNECTIVITY, expansion_add=HNSW_EXPANSION_ADD,
                                 expansion_search=EXPANSIONS[0])
@@ -191,3 +194,33 @@ def plan_search(
                                  "fell back to exact")
     log.warning("%s", report.summary())
     return Neighbours(ids, matrix, k, report)
+
+
+def measure_backend(
+    backend: Any, space: str, queries: np.ndarray, k: int, *, recall_target: float = RECALL_TARGET,
+    sample: int = RECALL_SAMPLE, seed: int = 0,
+) -> SearchReport:
+    """The report of a space searched by the backend's own k-NN, with its recall@k measured on a sample
+    against the backend's exact search (``knn_search(..., exact=True)``) where it has one."""
+    base = dict(queries=len(queries), vectors=backend.count(), k=k)
+    what = f"{getattr(backend, 'name', 'backend')} k-NN (the engine's own index)"
+    if not len(queries):
+        return SearchReport("backend", **base, reason=what)
+    picked = np.sort(np.random.default_rng(seed).choice(len(queries), size=min(sample, len(queries)), replace=False))
+    try:
+        truth = backend.knn_search(space, queries[picked], k, exact=True)
+    except TypeError:  # a backend without exact search
+        return SearchReport("backend", **base, reason=f"{what}; recall not measured (no exact search to compare)")
+    except RuntimeError as exc:  # BackendError: the engine refused the exact query; mining goes on
+        log.warning("could not measure the recall of %s: %s", what, exc)
+        return SearchReport("backend", **base, reason=f"{what}; recall not measured ({type(exc).__name__})")
+    recall = recall_at_k(backend.knn_search(space, queries[picked], k), truth)
+    report = SearchReport("backend", **base, recall_at_k=round(recall, 4), recall_sample=len(picked), reason=what)
+    if recall < recall_target:
+        report = SearchReport("backend", **base, recall_at_k=round(recall, 4), recall_sample=len(picked),
+                              reason=f"{what}; recall@{k} below {recall_target}: --miner local searches exactly "
+                                     "(or by HNSW with a recall check) on this machine")
+        log.warning("%s", report.summary())
+    else:
+        log.info("%s", report.summary())
+    return report

@@ -191,3 +191,41 @@ def test_eval_vectors_come_from_the_local_space_or_a_memory_mapped_file(tmp_path
     import os
 
     assert not os.path.exists(folder)
+
+
+# -- a cluster's own k-NN: recall measured against its exact search on a sample --------------------
+
+class _EngineKnn:
+    """A backend whose approximate k-NN misses the true best hit of every ``miss_every``-th query."""
+
+    name = "engine"
+
+    def __init__(self, matrix, miss_every=0, exact_fails=False):
+        self.matrix, self.miss_every, self.exact_fails, self.calls = matrix, miss_every, exact_fails, []
+
+    def count(self):
+        return len(self.matrix)
+
+    def knn_search(self, space, queries, k, *, exact=None):
+        self.calls.append((len(queries), exact))
+        if exact and self.exact_fails:
+            raise RuntimeError("script_score refused")
+        hits = exact_search([f"d{i}" for i in range(len(self.matrix))], self.matrix, queries, k + 1)
+        out = []
+        for i, hs in enumerate(hits):
+            miss = not exact and self.miss_every and i % self.miss_every == 0
+            out.append(hs[1:] if miss else hs[:k])
+        return out
+
+
+def test_cluster_recall_is_measured_on_a_sample_and_a_low_one_is_flagged(caplog):
+    matrix, queries = _clustered(400), _clustered(300, seed=5)
+    good = neighbours.measure_backend(_EngineKnn(matrix), "s", queries, 10)
+    assert good.method == "backend" and good.recall_at_k == 1.0 and good.recall_sample == 200
+    engine = _EngineKnn(matrix, miss_every=2)
+    low = neighbours.measure_backend(engine, "s", queries, 10)
+    assert low.recall_at_k == pytest.approx(0.95, abs=0.01) and "--miner local" in low.reason
+    assert "below 0.99" in caplog.text
+    assert engine.calls == [(200, True), (200, None)]  # only the sample is searched twice
+    failed = neighbours.measure_backend(_EngineKnn(matrix, exact_fails=True), "s", queries, 10)
+    assert failed.recall_at_k is None and "not measured" in failed.reason
