@@ -130,7 +130,8 @@ def _build_config(opts: dict[str, Any]) -> AdaptConfig:
         checkpoint_every=opts.get("checkpoint_every"),
         eval_every=opts.get("eval_every"),
     )
-    set_("remine", every=opts.get("remine_every"), k=opts.get("remine_k"))
+    set_("remine", every=opts.get("remine_every"), k=opts.get("remine_k"), exact_budget_s=opts.get("exact_budget_s"))
+    set_("mining", exact_budget_s=opts.get("exact_budget_s"))
     set_("export", int8=True if opts.get("int8") else None, onnx=False if opts.get("no_onnx") else None)
     if opts.get("device"):
         cfg = replace(cfg, device=opts["device"])
@@ -381,6 +382,9 @@ def _preflight_alias(settings: Any, options: Any, secrets: tuple[str, ...]) -> N
 @click.option("--checkpoint-every", type=int)
 @click.option("--remine-every", type=int, help="Remine every N steps; 0 = plain GPL.")
 @click.option("--remine-k", type=int, help="Negatives kept per query when remining.")
+@click.option("--exact-budget-s", type=float,
+              help="Seconds exact top-k may take per mining search / remining round on this machine; beyond it "
+                   "HNSW with recall@k measured against exact (default 600).")
 @click.option("--int8", is_flag=True, help="Also export an int8 ONNX model.")
 @click.option("--no-onnx", is_flag=True, help="Skip the ONNX export (search then uses torch).")
 @click.option("--device", help="auto, cpu, cuda, cuda:1 ...")

@@ -229,3 +229,12 @@ def test_cluster_recall_is_measured_on_a_sample_and_a_low_one_is_flagged(caplog)
     assert engine.calls == [(200, True), (200, None)]  # only the sample is searched twice
     failed = neighbours.measure_backend(_EngineKnn(matrix, exact_fails=True), "s", queries, 10)
     assert failed.recall_at_k is None and "not measured" in failed.reason
+
+
+def test_cli_exact_budget_sets_mining_and_remining():
+    from rgpl_adapt.cli import _build_config
+
+    cfg = _build_config({"exact_budget_s": 30.0, "scale": "cpu"})
+    assert cfg.mining.exact_budget_s == 30.0 and cfg.remine.exact_budget_s == 30.0
+    default = _build_config({"scale": "cpu"})
+    assert default.mining.exact_budget_s == neighbours.DEFAULT_EXACT_BUDGET_S == default.remine.exact_budget_s
