@@ -197,7 +197,9 @@ class ClusterBackend:
             self.local_spaces.add(space)
             self.store.put(space, list(ids), vectors)
 
-    def knn_search(self, space: str, queries: np.ndarray, k: int, *, exact: bool | None = None) -> list[list[Hit]]:
+    def knn_search(
+        self, space: str, queries: np.ndarray, k: int, *, exact: bool | None = None
+    ) -> list[list[Hit]]:
         """``exact=True`` scores every vector (the cluster's ``script_score``; local spaces are exact up to
         the store's HNSW threshold anyway); the miners use it only to measure recall on a sample."""
         if self.store is not None:

@@ -1,7 +1,8 @@
 """Stage 9: evaluate a run against qrels: BM25, zero-shot, adapted and hybrid in one table.
 
-Dense retrieval is always **exact** here, whatever the corpus size (:func:`rgpl_adapt.neighbours.exact_search`:
-a chunked matrix product over the space's vectors, memory-mapped when large, with a running top-k);
+Dense retrieval is always **exact** here, whatever the corpus size
+(:func:`rgpl_adapt.neighbours.exact_search`: a chunked matrix product over the space's vectors,
+memory-mapped when large, with a running top-k);
 the backend's own k-NN (HNSW above 200k vectors on the embedded backend, the engine's index in a
 cluster) is never what a metric is computed on. Hybrid fuses the backend's BM25 with the exact dense
 hits exactly as the backends fuse (:func:`rgpl_plugin.fusion.fuse`).
@@ -50,7 +51,8 @@ ENCODE_CHUNK = 10_000  # documents encoded and written at a time
 def _encode_corpus_into(backend: Backend, space: str, encoder, progress: ProgressFactory) -> None:
     with progress(total=backend.count(), desc=f"encoding corpus ({space})", unit="doc") as bar:
         for docs in batched(backend.iter_documents(), ENCODE_CHUNK):
-            backend.put_vectors(space, [d.id for d in docs], encoder.encode([d.full_text() for d in docs], batch_size=64))
+            vecs = encoder.encode([d.full_text() for d in docs], batch_size=64)
+            backend.put_vectors(space, [d.id for d in docs], vecs)
             bar.update(len(docs))
 
 
@@ -62,7 +64,8 @@ def _encode_corpus_to_file(backend: Backend, encoder, folder: str) -> tuple[list
     for docs in batched(backend.iter_documents(), ENCODE_CHUNK):
         vecs = np.asarray(encoder.encode([d.full_text() for d in docs], batch_size=64), dtype=np.float32)
         if matrix is None:
-            matrix = np.lib.format.open_memmap(os.path.join(folder, "vectors.npy"), "w+", np.float32, (n, vecs.shape[1]))
+            path = os.path.join(folder, "vectors.npy")
+            matrix = np.lib.format.open_memmap(path, "w+", np.float32, (n, vecs.shape[1]))
         matrix[len(ids) : len(ids) + len(docs)] = vecs
         ids.extend(d.id for d in docs)
     if matrix is None:
@@ -126,7 +129,8 @@ def evaluate_run(
     with ExitStack() as scratch:
         if needs_adapted:
             qvecs = encoder.encode(texts, batch_size=64)
-            adapted = exact_search(*corpus_vectors(backend, DENSE_SPACE, encoder, progress, scratch), qvecs, k + 1)
+            dense = corpus_vectors(backend, DENSE_SPACE, encoder, progress, scratch)
+            adapted = exact_search(*dense, qvecs, k + 1)
         for system in systems:
             if system == "bm25":
                 hits = backend.bm25_search(texts, k + 1)

@@ -177,7 +177,8 @@ class AdaptConfig:
                 if unknown:
                     raise ValueError(f"unknown option(s) in [{name}]: {', '.join(sorted(unknown))}")
                 tuples = {f.name for f in dataclasses.fields(sec) if isinstance(f.default, tuple)}
-                value = {key: tuple(v) if key in tuples and isinstance(v, list) else v for key, v in value.items()}
+                value = {key: tuple(v) if key in tuples and isinstance(v, list) else v
+                         for key, v in value.items()}
                 kwargs[name] = sec(**value)
             else:
                 kwargs[name] = value

@@ -486,8 +486,9 @@ class Seq2SeqGenerator(_HFGenerator):
 
 
 class CausalLMGenerator(_HFGenerator):
-    """A decoder-only LM prompted with few-shot examples (``cfg.prompt``, else the user's
-    ``cfg.example_queries`` (:func:`rgpl_adapt.query_style.example_queries_prompt`), else :data:`DEFAULT_PROMPT`).
+    """A decoder-only LM prompted with few-shot examples: ``cfg.prompt``, else the user's
+    ``cfg.example_queries`` (:func:`rgpl_adapt.query_style.example_queries_prompt`), else
+    :data:`DEFAULT_PROMPT`.
 
     The prompt must contain ``{passage}`` (replaced literally, so other braces are fine). Passages
     are truncated by tokens to ``max_input_len`` and so that prompt + passage + ``max_query_len``

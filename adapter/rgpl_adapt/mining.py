@@ -128,8 +128,8 @@ def _knn_negatives(
     if local is not None:
         planned = plan_search(*local, vectors, kk, budget_s=exact_budget_s)
         search, step, report = planned.search, LOCAL_SEARCH_BATCH, planned.report
-        log_method = logger.warning if report.method == "exact" and report.recall_at_k is not None else logger.info
-        log_method("%s: %s", desc, report.summary())
+        fell_back = report.method == "exact" and report.recall_at_k is not None  # HNSW missed the target
+        (logger.warning if fell_back else logger.info)("%s: %s", desc, report.summary())
     else:
         def search(batch: np.ndarray) -> list[list[Hit]]:
             return backend.knn_search(space, batch, kk)

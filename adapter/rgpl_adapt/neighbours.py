@@ -70,11 +70,14 @@ class SearchReport:
     def summary(self) -> str:
         text = f"{self.method} search of {self.queries} queries in {self.vectors} vectors (k={self.k})"
         if self.recall_at_k is not None:
-            text += f", recall@{self.k} {self.recall_at_k:.4f} on {self.recall_sample} queries (ef {self.expansion_search})"
+            text += (f", recall@{self.k} {self.recall_at_k:.4f} on {self.recall_sample} queries"
+                     f" (ef {self.expansion_search})")
         return f"{text}: {self.reason}" if self.reason else text
 
 
-def _hits(ids: Sequence[str], rows: np.ndarray, scores: np.ndarray, counts: np.ndarray | None = None) -> list[list[Hit]]:
+def _hits(
+    ids: Sequence[str], rows: np.ndarray, scores: np.ndarray, counts: np.ndarray | None = None
+) -> list[list[Hit]]:
     out = []
     for i in range(rows.shape[0]):
         n = rows.shape[1] if counts is None else int(counts[i])
@@ -118,14 +121,17 @@ def recall_at_k(approx: Sequence[Sequence[Hit]], exact: Sequence[Sequence[Hit]])
 class Neighbours:
     """A prepared search of one vector space: call :meth:`search` with batches of queries."""
 
-    def __init__(self, ids: Sequence[str], matrix: np.ndarray, k: int, report: SearchReport, index: Any = None):
+    def __init__(
+        self, ids: Sequence[str], matrix: np.ndarray, k: int, report: SearchReport, index: Any = None
+    ) -> None:
         self.ids, self.matrix, self.k, self.report, self._index = ids, matrix, k, report, index
 
     def search(self, queries: np.ndarray) -> list[list[Hit]]:
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if self._index is None:
             return exact_search(self.ids, self.matrix, queries, self.k)
-        rows, scores, counts = VectorStore._hnsw_search(self._index, self.matrix, queries, min(self.k, len(self.ids)))
+        k = min(self.k, len(self.ids))
+        rows, scores, counts = VectorStore._hnsw_search(self._index, self.matrix, queries, k)
         return _hits(self.ids, rows, scores, counts)
 
 
@@ -169,7 +175,8 @@ def plan_search(
     estimate = round(SEARCH_OVERHEAD * n_q * n_v / rate, 3)
     base["estimated_exact_s"] = estimate
     if estimate <= budget_s:
-        report = SearchReport("exact", **base, reason=f"exact fits the budget ({estimate:.1f} s <= {budget_s:g} s)")
+        fits = f"exact fits the budget ({estimate:.1f} s <= {budget_s:g} s)"
+        report = SearchReport("exact", **base, reason=fits)
         return Neighbours(ids, matrix, k, report)
     over = f"exact estimated at {estimate:.0f} s > budget {budget_s:g} s"
     t0 = time.perf_counter()
@@ -177,7 +184,8 @@ def plan_search(
         index = _build_hnsw(matrix)
     except ImportError as exc:
         log.warning("%s; searching exactly although %s", exc, over)
-        return Neighbours(ids, matrix, k, SearchReport("exact", **base, reason=f"{over}, but usearch is not installed"))
+        report = SearchReport("exact", **base, reason=f"{over}, but usearch is not installed")
+        return Neighbours(ids, matrix, k, report)
     rng = np.random.default_rng(seed)
     picked = np.sort(rng.choice(n_q, size=min(sample, n_q), replace=False))
     truth = exact_search(ids, matrix, queries[picked], k)
@@ -188,15 +196,16 @@ def plan_search(
         recall = recall_at_k(hnsw.search(queries[picked]), truth)
         tried.append(f"ef {ef}: {recall:.4f}")
         if recall >= recall_target:
-            hnsw.report = SearchReport("hnsw", **base, recall_at_k=round(recall, 4), recall_sample=len(picked),
-                                       expansion_search=ef, hnsw_seconds=round(time.perf_counter() - t0, 3),
-                                       reason=over)
+            hnsw.report = SearchReport(
+                "hnsw", **base, recall_at_k=round(recall, 4), recall_sample=len(picked), expansion_search=ef,
+                hnsw_seconds=round(time.perf_counter() - t0, 3), reason=over,
+            )
             log.info("%s", hnsw.report.summary())
             return hnsw
     report = SearchReport("exact", **base, recall_at_k=round(recall, 4), recall_sample=len(picked),
                           expansion_search=EXPANSIONS[-1], hnsw_seconds=round(time.perf_counter() - t0, 3),
-                          reason=f"{over}, but HNSW recall@{k} stayed below {recall_target} ({'; '.join(tried)}); "
-                                 "fell back to exact")
+                          reason=(f"{over}, but HNSW recall@{k} stayed below {recall_target} "
+                                  f"({'; '.join(tried)}); fell back to exact"))
     log.warning("%s", report.summary())
     return Neighbours(ids, matrix, k, report)
 
@@ -211,20 +220,22 @@ def measure_backend(
     what = f"{getattr(backend, 'name', 'backend')} k-NN (the engine's own index)"
     if not len(queries):
         return SearchReport("backend", **base, reason=what)
-    picked = np.sort(np.random.default_rng(seed).choice(len(queries), size=min(sample, len(queries)), replace=False))
+    rng = np.random.default_rng(seed)
+    picked = np.sort(rng.choice(len(queries), size=min(sample, len(queries)), replace=False))
     try:
         truth = backend.knn_search(space, queries[picked], k, exact=True)
     except TypeError:  # a backend without exact search
-        return SearchReport("backend", **base, reason=f"{what}; recall not measured (no exact search to compare)")
+        return SearchReport("backend", **base, reason=f"{what}; recall not measured (no exact search)")
     except RuntimeError as exc:  # BackendError: the engine refused the exact query; mining goes on
         log.warning("could not measure the recall of %s: %s", what, exc)
         return SearchReport("backend", **base, reason=f"{what}; recall not measured ({type(exc).__name__})")
     recall = recall_at_k(backend.knn_search(space, queries[picked], k), truth)
-    report = SearchReport("backend", **base, recall_at_k=round(recall, 4), recall_sample=len(picked), reason=what)
+    measured = dict(recall_at_k=round(recall, 4), recall_sample=len(picked))
+    report = SearchReport("backend", **base, **measured, reason=what)
     if recall < recall_target:
-        report = SearchReport("backend", **base, recall_at_k=round(recall, 4), recall_sample=len(picked),
-                              reason=f"{what}; recall@{k} below {recall_target}: --miner local searches exactly "
-                                     "(or by HNSW with a recall check) on this machine")
+        low = (f"{what}; recall@{k} below {recall_target}: --miner local searches exactly "
+               "(or by HNSW with a recall check) on this machine")
+        report = SearchReport("backend", **base, **measured, reason=low)
         log.warning("%s", report.summary())
     else:
         log.info("%s", report.summary())

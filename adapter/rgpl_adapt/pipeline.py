@@ -255,7 +255,8 @@ class Pipeline:
                 style["example_queries"] = len(gc.example_queries)
                 if total.style_candidates:  # seq2seq: candidates ranked by style (rgpl_adapt.query_style)
                     style.update(style_candidates=total.style_candidates, style_kept=total.style_kept,
-                                 style_dropped=total.dropped.get("style", 0), style_oversample=gc.style_oversample)
+                                 style_dropped=total.dropped.get("style", 0),
+                                 style_oversample=gc.style_oversample)
                 else:
                     style["style"] = "few-shot prompt of the causal LM"
             return {**style,

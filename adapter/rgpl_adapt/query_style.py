@@ -131,7 +131,8 @@ class StyleModel:
         n = len(rows)
         self.mean = tuple(sum(col) / n for col in zip(*rows))
         self.std = tuple(
-            max(STYLE_MIN_STD, math.sqrt(sum((v - m) ** 2 for v in col) / n)) for col, m in zip(zip(*rows), self.mean)
+            max(STYLE_MIN_STD, math.sqrt(sum((v - m) ** 2 for v in col) / n))
+            for col, m in zip(zip(*rows), self.mean)
         )
 
     def distance(self, query: str) -> float:

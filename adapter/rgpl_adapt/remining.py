@@ -81,7 +81,8 @@ def remine(
         autocast_bf16=autocast_bf16,
     )
     reports: dict[str, dict] = {}
-    pools = remine_pools(queries, backend, space, q_vecs, k, exact_budget_s=exact_budget_s, search_reports=reports)
+    pools = remine_pools(queries, backend, space, q_vecs, k, exact_budget_s=exact_budget_s,
+                         search_reports=reports)
     backend.drop_vectors(space)
     moved = churn(previous, pools) if previous is not None else 1.0
     log.info("remining round %d: %.1f%% of negatives are new", round_index, 100 * moved)
