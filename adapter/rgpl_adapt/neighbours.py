@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from rgpl_plugin.base import Hit
-from rgpl_plugin.vectors import HNSW_CONNECTIVITY, HNSW_EXPANSION_ADD, VectorStore, exact_topk
+from rgpl_plugin.vectors import HNSW_CONNECTIVITY, HNSW_EXPANSION_ADD, exact_topk, hnsw_search
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class Neighbours:
         if self._index is None:
             return exact_search(self.ids, self.matrix, queries, self.k)
         k = min(self.k, len(self.ids))
-        rows, scores, counts = VectorStore._hnsw_search(self._index, self.matrix, queries, k)
+        rows, scores, counts = hnsw_search(self._index, self.matrix, queries, k)
         return _hits(self.ids, rows, scores, counts)
 
 

@@ -296,7 +296,7 @@ class VectorStore:
             rows, scores = exact_topk(loaded.matrix, queries, k)
             counts = np.full(len(queries), rows.shape[1])
         else:
-            rows, scores, counts = self._hnsw_search(index, loaded.matrix, queries, min(k, len(loaded.ids)))
+            rows, scores, counts = hnsw_search(index, loaded.matrix, queries, min(k, len(loaded.ids)))
         ids = loaded.ids
         return [
             [
@@ -306,23 +306,26 @@ class VectorStore:
             for i in range(len(queries))
         ]
 
-    @staticmethod
-    def _hnsw_search(
-        index: Any, matrix: np.ndarray, queries: np.ndarray, k: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        # one thread per query, at most the cores: a single query gains nothing from a pool of threads
-        # (usearch starts its threads on every call), and idle ones slow the BM25 leg of a hybrid query
-        matches = index.search(queries, k, threads=min(len(queries), os.cpu_count() or 1))
-        if hasattr(matches, "counts"):  # BatchMatches: padded (n, k) arrays
-            rows = np.asarray(matches.keys, dtype=np.int64).reshape(len(queries), -1)
-            counts = np.asarray(matches.counts).reshape(-1)
-        else:  # a single query gives Matches with only the valid keys
-            rows = np.asarray(matches.keys, dtype=np.int64).reshape(1, -1)
-            counts = np.array([rows.shape[1]])
-        valid = np.arange(rows.shape[1])[None, :] < counts[:, None]
-        rows = np.where(valid, rows, 0)
-        candidates = np.asarray(matrix[rows.ravel()]).reshape(*rows.shape, -1)
-        scores = np.einsum("qkd,qd->qk", candidates, queries)  # exact scores for the candidates
-        scores = np.where(valid, scores, -np.inf).astype(np.float32)
-        order = np.lexsort((rows, -scores), axis=1)
-        return np.take_along_axis(rows, order, axis=1), np.take_along_axis(scores, order, axis=1), counts
+
+
+def hnsw_search(
+    index: Any, matrix: np.ndarray, queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-``k`` of a usearch index for each query, rescored exactly from ``matrix``: ``(rows, scores, counts)``,
+    padded to ``k`` columns (``counts[i]`` valid), best first, ties to the lower row."""
+    # one thread per query, at most the cores: a single query gains nothing from a pool of threads
+    # (usearch starts its threads on every call), and idle ones slow the BM25 leg of a hybrid query
+    matches = index.search(queries, k, threads=min(len(queries), os.cpu_count() or 1))
+    if hasattr(matches, "counts"):  # BatchMatches: padded (n, k) arrays
+        rows = np.asarray(matches.keys, dtype=np.int64).reshape(len(queries), -1)
+        counts = np.asarray(matches.counts).reshape(-1)
+    else:  # a single query gives Matches with only the valid keys
+        rows = np.asarray(matches.keys, dtype=np.int64).reshape(1, -1)
+        counts = np.array([rows.shape[1]])
+    valid = np.arange(rows.shape[1])[None, :] < counts[:, None]
+    rows = np.where(valid, rows, 0)
+    candidates = np.asarray(matrix[rows.ravel()]).reshape(*rows.shape, -1)
+    scores = np.einsum("qkd,qd->qk", candidates, queries)  # exact scores for the candidates
+    scores = np.where(valid, scores, -np.inf).astype(np.float32)
+    order = np.lexsort((rows, -scores), axis=1)
+    return np.take_along_axis(rows, order, axis=1), np.take_along_axis(scores, order, axis=1), counts
