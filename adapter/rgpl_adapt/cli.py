@@ -100,10 +100,20 @@ def _build_config(opts: dict[str, Any]) -> AdaptConfig:
         max_queries=opts.get("max_queries"),
         batch_size=opts.get("gen_batch_size"),
     )
+    examples: list[str] = []
     if opts.get("example_queries"):
-        from rgpl_adapt.query_style import example_queries_prompt, load_example_queries
+        from rgpl_adapt.query_style import load_example_queries
 
-        set_("generation", prompt=example_queries_prompt(load_example_queries(opts["example_queries"])))
+        examples += load_example_queries(opts["example_queries"])
+    if opts.get("example_queries_index"):
+        examples += _logged_example_queries(opts)
+    elif opts.get("example_queries_field") or opts.get("example_queries_limit"):
+        raise click.UsageError(
+            "--example-queries-field and --example-queries-limit go with --example-queries-index")
+    if examples:  # the causal LM's few-shot examples, or the style seq2seq queries are kept by
+        seen: set[str] = set()
+        unique = [q for q in examples if not (q.casefold() in seen or seen.add(q.casefold()))]
+        set_("generation", example_queries=tuple(unique))
     retrievers = tuple(opts.get("retriever") or ())
     set_("mining", retrievers=retrievers or None, similarity=opts.get("mining_similarity"),
          bm25=True if opts.get("bm25_negatives") else False if opts.get("no_bm25") else None)
@@ -121,7 +131,9 @@ def _build_config(opts: dict[str, Any]) -> AdaptConfig:
         checkpoint_every=opts.get("checkpoint_every"),
         eval_every=opts.get("eval_every"),
     )
-    set_("remine", every=opts.get("remine_every"), k=opts.get("remine_k"))
+    set_("remine", every=opts.get("remine_every"), k=opts.get("remine_k"),
+         exact_budget_s=opts.get("exact_budget_s"))
+    set_("mining", exact_budget_s=opts.get("exact_budget_s"))
     set_("export", int8=True if opts.get("int8") else None, onnx=False if opts.get("no_onnx") else None)
     if opts.get("device"):
         cfg = replace(cfg, device=opts["device"])
@@ -149,6 +161,33 @@ def _offline_models(cfg: AdaptConfig) -> AdaptConfig:
 
 _CONN_KEYS = ("urls", "username", "password", "api_key", "ca_certs", "client_cert", "client_key",
               "verify_certs", "aws_region", "aws_service", "timeout")
+
+
+def _logged_example_queries(opts: dict[str, Any]) -> list[str]:
+    """Example queries from the cluster's query-log index (--example-queries-index), read-only."""
+    from rgpl_plugin.base import BackendError
+    from rgpl_plugin.connection import redact
+
+    from rgpl_adapt.query_style import DEFAULT_LOG_FIELD, DEFAULT_LOG_LIMIT, example_queries_from_log
+
+    settings, secrets = cluster_settings(opts)
+    if (opts.get("engine") or "opensearch") == "elasticsearch":
+        from rgpl_plugin.elasticsearch import ElasticsearchBackend as backend_class
+    else:
+        from rgpl_plugin.opensearch import OpenSearchBackend as backend_class
+    index = opts["example_queries_index"]
+    backend = None
+    try:
+        backend = backend_class(settings, index)
+        return example_queries_from_log(
+            backend.read_hits, index, field=opts.get("example_queries_field") or DEFAULT_LOG_FIELD,
+            limit=opts.get("example_queries_limit") or DEFAULT_LOG_LIMIT,
+        )
+    except (BackendError, ValueError) as exc:
+        raise click.ClickException(redact(str(exc), secrets)) from None
+    finally:
+        if backend is not None:
+            backend.close()
 
 
 def cluster_options(fn: Any) -> Any:
@@ -323,7 +362,14 @@ def _preflight_alias(settings: Any, options: Any, secrets: tuple[str, ...]) -> N
 @click.option("--max-queries", type=int, help="Sample passages so that at most this many queries are generated.")
 @click.option("--gen-batch-size", type=int)
 @click.option("--example-queries", type=click.Path(exists=True, dir_okay=False),
-              help="File of real queries (one a line, no judgements): the causal-LM generator's few-shot examples.")
+              help="File of real queries (one a line, no judgements): the causal LM's few-shot examples; "
+                   "a T5 generator samples 3x the candidates and keeps those closest to their style.")
+@click.option("--example-queries-index",
+              help="Example queries from a query-log index in the cluster (read only; the most frequent of "
+                   "its newest entries); connection as for --index.")
+@click.option("--example-queries-field", help="Field of the query log holding the query text (default query).")
+@click.option("--example-queries-limit", type=int,
+              help="Most example queries read from the log (default 100).")
 @click.option("--retriever", multiple=True, help="Dense retriever for initial negatives (repeatable).")
 @click.option("--bm25-negatives", is_flag=True, help="Add BM25 top-k negatives (neither GPL nor R-GPL uses them).")
 @click.option("--no-bm25", is_flag=True, hidden=True, help="No BM25 negatives (the default now).")
@@ -342,6 +388,9 @@ def _preflight_alias(settings: Any, options: Any, secrets: tuple[str, ...]) -> N
 @click.option("--checkpoint-every", type=int)
 @click.option("--remine-every", type=int, help="Remine every N steps; 0 = plain GPL.")
 @click.option("--remine-k", type=int, help="Negatives kept per query when remining.")
+@click.option("--exact-budget-s", type=float,
+              help="Seconds exact top-k may take per mining search / remining round on this machine; "
+                   "beyond it HNSW with recall@k measured against exact (default 600).")
 @click.option("--int8", is_flag=True, help="Also export an int8 ONNX model.")
 @click.option("--no-onnx", is_flag=True, help="Skip the ONNX export (search then uses torch).")
 @click.option("--device", help="auto, cpu, cuda, cuda:1 ...")

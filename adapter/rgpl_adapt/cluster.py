@@ -204,10 +204,18 @@ class ClusterBackend:
             self.local_spaces.add(space)
             self.store.put(space, list(ids), vectors)
 
-    def knn_search(self, space: str, queries: np.ndarray, k: int) -> list[list[Hit]]:
+    def knn_search(
+        self, space: str, queries: np.ndarray, k: int, *, exact: bool | None = None
+    ) -> list[list[Hit]]:
+        """``exact=True`` scores every vector (the cluster's ``script_score``; local spaces are exact up to
+        the store's HNSW threshold anyway); the miners use it only to measure recall on a sample."""
         if self.store is not None:
             return self.store.search(space, np.atleast_2d(np.asarray(queries, dtype=np.float32)), k)
-        return self.source.knn_search(space, queries, k)
+        return self.source.knn_search(space, queries, k, exact=exact)
+
+    def vector_matrix(self, space: str) -> tuple[list[str], np.ndarray] | None:
+        """The local space's ids and vectors (``miner="local"``); None when the space lives in the cluster."""
+        return self.store.matrix(space) if self.store is not None else None
 
     def has_vectors(self, space: str) -> bool:
         return self.store.has(space) if self.store is not None else self.source.has_vectors(space)

@@ -1,9 +1,19 @@
-"""Stage 9: evaluate a run against qrels: BM25, zero-shot, adapted and hybrid in one table."""
+"""Stage 9: evaluate a run against qrels: BM25, zero-shot, adapted and hybrid in one table.
+
+Dense retrieval is always **exact** here, whatever the corpus size
+(:func:`rgpl_adapt.neighbours.exact_search`: a chunked matrix product over the space's vectors,
+memory-mapped when large, with a running top-k);
+the backend's own k-NN (HNSW above 200k vectors on the embedded backend, the engine's index in a
+cluster) is never what a metric is computed on. Hybrid fuses the backend's BM25 with the exact dense
+hits exactly as the backends fuse (:func:`rgpl_plugin.fusion.fuse`).
+"""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +21,10 @@ import numpy as np
 
 from rgpl_adapt.config import AdaptConfig
 from rgpl_adapt.devices import resolve_device
+from rgpl_adapt.neighbours import exact_search
 from rgpl_adapt.progress import ProgressFactory, silent
-from rgpl_plugin.base import Backend, Hit
+from rgpl_plugin.base import Backend, Hit, batched
+from rgpl_plugin.fusion import fuse
 
 SYSTEMS = ("bm25", "zero-shot", "adapted", "hybrid")
 ZERO_SHOT_SPACE = "zero-shot"
@@ -33,11 +45,50 @@ def _as_results(qids: Sequence[str], hits: list[list[Hit]], k: int | None = None
     return results
 
 
+ENCODE_CHUNK = 10_000  # documents encoded and written at a time
+
+
 def _encode_corpus_into(backend: Backend, space: str, encoder, progress: ProgressFactory) -> None:
-    docs = list(backend.iter_documents())
-    vecs = encoder.encode([d.full_text() for d in docs], batch_size=64, progress=progress)
-    for start in range(0, len(docs), 10_000):
-        backend.put_vectors(space, [d.id for d in docs[start : start + 10_000]], vecs[start : start + 10_000])
+    with progress(total=backend.count(), desc=f"encoding corpus ({space})", unit="doc") as bar:
+        for docs in batched(backend.iter_documents(), ENCODE_CHUNK):
+            vecs = encoder.encode([d.full_text() for d in docs], batch_size=64)
+            backend.put_vectors(space, [d.id for d in docs], vecs)
+            bar.update(len(docs))
+
+
+def _encode_corpus_to_file(backend: Backend, encoder, folder: str) -> tuple[list[str], np.ndarray]:
+    """The corpus vectors in a memory-mapped file under ``folder`` (backends without local vectors)."""
+    ids: list[str] = []
+    matrix: np.ndarray | None = None
+    n = backend.count()
+    for docs in batched(backend.iter_documents(), ENCODE_CHUNK):
+        vecs = np.asarray(encoder.encode([d.full_text() for d in docs], batch_size=64), dtype=np.float32)
+        if matrix is None:
+            path = os.path.join(folder, "vectors.npy")
+            matrix = np.lib.format.open_memmap(path, "w+", np.float32, (n, vecs.shape[1]))
+        matrix[len(ids) : len(ids) + len(docs)] = vecs
+        ids.extend(d.id for d in docs)
+    if matrix is None:
+        return [], np.empty((0, 1), np.float32)
+    matrix.flush()
+    return ids, matrix[: len(ids)]
+
+
+def corpus_vectors(
+    backend: Backend, space: str, encoder, progress: ProgressFactory, scratch: ExitStack
+) -> tuple[list[str], np.ndarray]:
+    """Ids and vectors of ``space`` for exact search: the backend's local vectors (written first when the
+    space is missing), or, for a backend that keeps vectors elsewhere (a cluster), the corpus encoded into
+    a memory-mapped file in a temporary folder that ``scratch`` removes."""
+    getter = getattr(backend, "vector_matrix", None)
+    local = None
+    if getter is not None:
+        if not backend.has_vectors(space):
+            _encode_corpus_into(backend, space, encoder, progress)
+        local = getter(space)
+    if local is not None:
+        return local
+    return _encode_corpus_to_file(backend, encoder, scratch.enter_context(tempfile.TemporaryDirectory()))
 
 
 def evaluate_run(
@@ -75,25 +126,29 @@ def evaluate_run(
     table: dict[str, dict[str, float]] = {}
     needs_adapted = {"adapted", "hybrid"} & set(systems)
     encoder = load_encoder(run_dir / "export", cfg.export.onnx) if needs_adapted else None
-    qvecs: np.ndarray | None = encoder.encode(texts, batch_size=64) if encoder is not None else None
-    if needs_adapted and not backend.has_vectors(DENSE_SPACE):
-        _encode_corpus_into(backend, DENSE_SPACE, encoder, progress)
-    for system in systems:
-        if system == "bm25":
-            hits = backend.bm25_search(texts, k + 1)
-        elif system == "zero-shot":
-            base = SentenceTransformerEncoder(load_sentence_transformer(cfg.training.student, resolve_device(cfg.device), cfg.training.max_seq_len))
-            if not backend.has_vectors(ZERO_SHOT_SPACE):
-                _encode_corpus_into(backend, ZERO_SHOT_SPACE, base, progress)
-            hits = backend.knn_search(ZERO_SHOT_SPACE, base.encode(texts, batch_size=64), k + 1)
-        elif system == "adapted":
-            hits = backend.knn_search(DENSE_SPACE, qvecs, k + 1)
-        else:
-            hits = backend.hybrid_search(DENSE_SPACE, texts, qvecs, k + 1, weight=hybrid_weight_of(run_dir))
-        table[system] = evaluate(_as_results(qids, hits, k), qrels)
-        if per_query is not None:
-            scores = evaluate_per_query(_as_results(qids, hits, k), qrels, ("ndcg@10",))
-            per_query[system] = {q: v["ndcg@10"] for q, v in scores.items()}
+    with ExitStack() as scratch:
+        if needs_adapted:
+            qvecs = encoder.encode(texts, batch_size=64)
+            dense = corpus_vectors(backend, DENSE_SPACE, encoder, progress, scratch)
+            adapted = exact_search(*dense, qvecs, k + 1)
+        for system in systems:
+            if system == "bm25":
+                hits = backend.bm25_search(texts, k + 1)
+            elif system == "zero-shot":
+                base = SentenceTransformerEncoder(load_sentence_transformer(
+                    cfg.training.student, resolve_device(cfg.device), cfg.training.max_seq_len))
+                vectors = corpus_vectors(backend, ZERO_SHOT_SPACE, base, progress, scratch)
+                hits = exact_search(*vectors, base.encode(texts, batch_size=64), k + 1)
+            elif system == "adapted":
+                hits = adapted
+            else:
+                weight = hybrid_weight_of(run_dir)
+                bm25 = backend.bm25_search(texts, k + 1)
+                hits = [fuse(b, d, k + 1, weight=weight, method="min_max") for b, d in zip(bm25, adapted)]
+            table[system] = evaluate(_as_results(qids, hits, k), qrels)
+            if per_query is not None:
+                scores = evaluate_per_query(_as_results(qids, hits, k), qrels, ("ndcg@10",))
+                per_query[system] = {q: v["ndcg@10"] for q, v in scores.items()}
     return table
 
 
@@ -113,8 +168,10 @@ def make_training_evaluator(
 ):
     """A callable for periodic evaluation during training: metrics of the current student.
 
-    It encodes the corpus with the student (torch; its train mode is restored), searches a
-    scratch vector space that it drops afterwards, and returns ``evaluate``'s metrics.
+    It encodes the corpus with the student (torch; its train mode is restored), searches those
+    vectors exactly (:func:`rgpl_adapt.neighbours.exact_search`, whatever the corpus size) and
+    returns ``evaluate``'s metrics. ``backend`` only supplies the documents; ``space`` is kept for
+    callers that passed it and is no longer written.
     """
     from rgpl_adapt.encoding import encode_texts
     from rgpl_adapt.evaluation import evaluate
@@ -128,14 +185,8 @@ def make_training_evaluator(
     doc_texts = [d.full_text() for d in docs]
 
     def evaluator(model) -> dict[str, float]:
-        vecs = encode_texts(model, doc_texts, batch_size, normalize=normalize)
-        backend.drop_vectors(space)
-        try:
-            for start in range(0, len(doc_ids), 10_000):
-                backend.put_vectors(space, doc_ids[start : start + 10_000], vecs[start : start + 10_000])
-            hits = backend.knn_search(space, encode_texts(model, texts, batch_size, normalize=normalize), k + 1)
-        finally:
-            backend.drop_vectors(space)
+        vecs = np.asarray(encode_texts(model, doc_texts, batch_size, normalize=normalize), dtype=np.float32)
+        hits = exact_search(doc_ids, vecs, encode_texts(model, texts, batch_size, normalize=normalize), k + 1)
         return evaluate(_as_results(qids, hits, k), qrels)
 
     return evaluator

@@ -23,6 +23,15 @@ DEFAULT_STUDENT = "GPL/msmarco-distilbert-margin-mse"
 DEFAULT_RETRIEVERS = ("msmarco-distilbert-base-v3", "msmarco-MiniLM-L-6-v3")
 
 
+_ADDED = "omit_default_from_hash"
+
+
+def added_field(default: Any) -> Any:
+    """A config field added after runs were made: at its default it is left out of :func:`config_hash`,
+    so existing run folders keep their stage fingerprints (and are not rebuilt) after an upgrade."""
+    return field(default=default, metadata={_ADDED: True})
+
+
 @dataclass(frozen=True)
 class CorpusConfig:
     """Where the documents come from and how records are validated."""
@@ -52,6 +61,10 @@ class GenerationConfig:
     temperature: float = 1.0
     prompt: str | None = None  # causal LMs: few-shot prompt with a {passage} slot
     seed: int = 42
+    # real queries of the users (rgpl_adapt.query_style): the causal LM's few-shot examples (unless
+    # ``prompt`` is set); seq2seq candidates (style_oversample x as many) are kept by closeness of style
+    example_queries: tuple[str, ...] = added_field(())
+    style_oversample: int = added_field(3)
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,8 @@ class MiningConfig:
     k: int = 50
     encode_batch_size: int = 128
     max_seq_len: int = 350
+    # exact top-k unless estimated slower than this (per retriever), then HNSW with measured recall
+    exact_budget_s: float = added_field(600.0)
 
 
 @dataclass(frozen=True)
@@ -110,6 +125,7 @@ class RemineConfig:
     every: int = 25_000
     k: int = 50
     encode_batch_size: int = 128
+    exact_budget_s: float = added_field(600.0)  # per round, as MiningConfig.exact_budget_s
 
 
 @dataclass(frozen=True)
@@ -160,8 +176,9 @@ class AdaptConfig:
                 unknown = set(value) - known
                 if unknown:
                     raise ValueError(f"unknown option(s) in [{name}]: {', '.join(sorted(unknown))}")
-                if name == "mining" and "retrievers" in value:
-                    value = {**value, "retrievers": tuple(value["retrievers"])}
+                tuples = {f.name for f in dataclasses.fields(sec) if isinstance(f.default, tuple)}
+                value = {key: tuple(v) if key in tuples and isinstance(v, list) else v
+                         for key, v in value.items()}
                 kwargs[name] = sec(**value)
             else:
                 kwargs[name] = value
@@ -198,7 +215,11 @@ def config_hash(*parts: Any) -> str:
 
     def norm(value: Any) -> Any:
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return {k: norm(v) for k, v in dataclasses.asdict(value).items()}
+            return {
+                f.name: norm(getattr(value, f.name))
+                for f in dataclasses.fields(value)
+                if not (f.metadata.get(_ADDED) and getattr(value, f.name) == f.default)
+            }
         if isinstance(value, (list, tuple)):
             return [norm(v) for v in value]
         if isinstance(value, dict):

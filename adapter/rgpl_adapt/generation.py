@@ -241,6 +241,8 @@ class GenerationStats:
     kept: int = 0
     passages_without_queries: int = 0  # used passages whose every query was dropped
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> count
+    style_candidates: int = 0  # clean seq2seq candidates ranked by style (example queries given)
+    style_kept: int = 0  # ... of which kept; the others are dropped["style"]
 
     def merged(self, other: GenerationStats) -> GenerationStats:
         """Sum of two stats (for a run done in chunks)."""
@@ -254,6 +256,8 @@ class GenerationStats:
             kept=self.kept + other.kept,
             passages_without_queries=self.passages_without_queries + other.passages_without_queries,
             dropped=dict(sorted(dropped.items())),
+            style_candidates=self.style_candidates + other.style_candidates,
+            style_kept=self.style_kept + other.style_kept,
         )
 
 
@@ -295,6 +299,10 @@ def generate_queries(
       persisted queries: ``{query_key(q.text) for q in done}``.
     * qids are ``f"{doc_id}-q{j}"``, ``j`` counting the kept queries of the passage; unique as long
       as document ids are (duplicate ids in one call raise ValueError).
+    * Style (``cfg.example_queries`` with a generator that is not a prompted causal LM): the generator
+      samples ``cfg.style_oversample`` times as many candidates; after cleaning they are taken closest
+      style first (:mod:`rgpl_adapt.query_style`) up to the per-passage number; the rest are dropped
+      as ``"style"`` (``stats.style_candidates`` / ``stats.style_kept``).
     """
     docs = list(documents)
     ids = [d.id for d in docs]
@@ -310,13 +318,21 @@ def generate_queries(
             raise ValueError(f"qpp must be at least 1, got {qpp}")
         selected, n = docs, qpp
     texts = [d.full_text() for d in selected]
+    style = None
+    if cfg.example_queries and getattr(generator, "kind", "") != "causal":  # causal LMs are prompted instead
+        from rgpl_adapt.query_style import StyleModel
+
+        if cfg.style_oversample < 1:
+            raise ValueError(f"style_oversample must be at least 1, got {cfg.style_oversample}")
+        style = StyleModel(cfg.example_queries)
+    n_sampled = n * cfg.style_oversample if style is not None else n
     raw: list[list[str]] = [[] for _ in selected]
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     with progress(total=len(selected), desc="generating queries", unit="passage") as bar:
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
             seed = batch_seed(cfg.seed, [selected[i].id for i in idx])
-            out = generator.generate([texts[i] for i in idx], n, seed=seed)
+            out = generator.generate([texts[i] for i in idx], n_sampled, seed=seed)
             if len(out) != len(idx):
                 raise RuntimeError(f"the generator returned {len(out)} query lists for {len(idx)} passages")
             for i, queries in zip(idx, out):
@@ -328,12 +344,20 @@ def generate_queries(
     examples = getattr(generator, "example_keys", frozenset())
     records: list[GeneratedQuery] = []
     dropped: Counter[str] = Counter()
-    empty = 0
+    empty = style_candidates = style_kept = 0
     for doc, text, queries in zip(selected, texts, raw):
         kept, reasons = filter_queries(queries, text, max_words=max_words, extra=cfg.extra_filters)
         dropped.update(reasons)
+        if style is not None:
+            from rgpl_adapt.query_style import select_by_style
+
+            kept = select_by_style(kept, style)
+            style_candidates += len(kept)
         j = 0
-        for query in kept:
+        for pos, query in enumerate(kept):
+            if style is not None and j == n:
+                dropped["style"] += len(kept) - pos
+                break
             key = query_key(query)
             if key in examples:
                 dropped["prompt_example"] += 1
@@ -344,6 +368,7 @@ def generate_queries(
             seen.add(key)
             records.append(GeneratedQuery(qid=f"{doc.id}-q{j}", text=query, doc_id=doc.id))
             j += 1
+        style_kept += j if style is not None else 0
         empty += j == 0
     stats = GenerationStats(
         passages=len(docs),
@@ -353,6 +378,8 @@ def generate_queries(
         kept=len(records),
         passages_without_queries=empty,
         dropped=dict(sorted(dropped.items())),
+        style_candidates=style_candidates,
+        style_kept=style_kept,
     )
     logger.info(
         "generated %d queries for %d passages, kept %d (dropped: %s)",
@@ -459,7 +486,9 @@ class Seq2SeqGenerator(_HFGenerator):
 
 
 class CausalLMGenerator(_HFGenerator):
-    """A decoder-only LM prompted with few-shot examples (``cfg.prompt`` or :data:`DEFAULT_PROMPT`).
+    """A decoder-only LM prompted with few-shot examples: ``cfg.prompt``, else the user's
+    ``cfg.example_queries`` (:func:`rgpl_adapt.query_style.example_queries_prompt`), else
+    :data:`DEFAULT_PROMPT`.
 
     The prompt must contain ``{passage}`` (replaced literally, so other braces are fine). Passages
     are truncated by tokens to ``max_input_len`` and so that prompt + passage + ``max_query_len``
@@ -472,7 +501,14 @@ class CausalLMGenerator(_HFGenerator):
 
     def __init__(self, model_name_or_path: str, device: str = "cpu", cfg: GenerationConfig | None = None) -> None:
         cfg = cfg or GenerationConfig()
-        self.prompt = validate_prompt(cfg.prompt) if cfg.prompt is not None else DEFAULT_PROMPT
+        if cfg.prompt is not None:
+            self.prompt = validate_prompt(cfg.prompt)
+        elif cfg.example_queries:  # the user's queries as few-shot examples (rgpl_adapt.query_style)
+            from rgpl_adapt.query_style import example_queries_prompt
+
+            self.prompt = example_queries_prompt(list(cfg.example_queries))
+        else:
+            self.prompt = DEFAULT_PROMPT
         self.example_keys = prompt_example_keys(self.prompt)
         super().__init__(model_name_or_path, device, cfg)
         self.passage_budget = self._passage_budget()

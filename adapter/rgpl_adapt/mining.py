@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from rgpl_adapt.encoding import TextEncoder
+from rgpl_adapt.neighbours import DEFAULT_EXACT_BUDGET_S, SearchReport, measure_backend, plan_search
 from rgpl_adapt.progress import ProgressFactory, silent
 from rgpl_adapt.records import GeneratedQuery, Hit, NegativePool
 from rgpl_plugin.base import Backend, batched
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 BM25_SOURCE = "bm25"
 STUDENT_SOURCE = "student"
 SEARCH_BATCH = 256  # queries per k-NN / BM25 request
+LOCAL_SEARCH_BATCH = 1024  # queries per local (exact or HNSW) search call
 CORPUS_CHUNK_MIN = 1024  # documents encoded and written per put_vectors call (at least)
 
 __all__ = [
@@ -98,6 +100,12 @@ def _search_k(k: int, n_docs: int) -> int:
     return max(1, min(k + 1, n_docs))
 
 
+def _local_vectors(backend: Backend, space: str) -> tuple[list[str], np.ndarray] | None:
+    """The space's ids and vectors when they are on this machine (embedded, ``miner="local"``), else None."""
+    getter = getattr(backend, "vector_matrix", None)
+    return getter(space) if getter is not None else None
+
+
 def _knn_negatives(
     backend: Backend,
     space: str,
@@ -107,17 +115,35 @@ def _knn_negatives(
     *,
     desc: str,
     progress: ProgressFactory,
-) -> list[list[str]]:
-    """Top-k neighbours of each query vector in ``space``, the query's positive removed."""
+    exact_budget_s: float = DEFAULT_EXACT_BUDGET_S,
+) -> tuple[list[list[str]], SearchReport]:
+    """Top-k neighbours of each query vector in ``space``, the query's positive removed.
+
+    Vectors on this machine are searched by :func:`rgpl_adapt.neighbours.plan_search` (exact within
+    ``exact_budget_s``, else HNSW with measured recall); a cluster's space by its own k-NN, whose recall
+    is measured on a sample (:func:`rgpl_adapt.neighbours.measure_backend`).
+    """
     kk = _search_k(k, backend.count())
+    local = _local_vectors(backend, space)
+    if local is not None:
+        planned = plan_search(*local, vectors, kk, budget_s=exact_budget_s)
+        search, step, report = planned.search, LOCAL_SEARCH_BATCH, planned.report
+        fell_back = report.method == "exact" and report.recall_at_k is not None  # HNSW missed the target
+        (logger.warning if fell_back else logger.info)("%s: %s", desc, report.summary())
+    else:
+        def search(batch: np.ndarray) -> list[list[Hit]]:
+            return backend.knn_search(space, batch, kk)
+
+        step = SEARCH_BATCH
+        report = measure_backend(backend, space, vectors, kk)
     out: list[list[str]] = []
     with progress(total=len(queries), desc=desc, unit="query") as bar:
-        for start in range(0, len(queries), SEARCH_BATCH):
-            chunk = queries[start : start + SEARCH_BATCH]
-            results = backend.knn_search(space, vectors[start : start + len(chunk)], kk)
+        for start in range(0, len(queries), step):
+            chunk = queries[start : start + step]
+            results = search(vectors[start : start + len(chunk)])
             out.extend(exclude_positive(hits, q.doc_id, k) for q, hits in zip(chunk, results))
             bar.update(len(chunk))
-    return out
+    return out, report
 
 
 def _bm25_negatives(
@@ -169,7 +195,8 @@ def _mine_dense(
     *,
     batch_size: int,
     progress: ProgressFactory,
-) -> list[list[str]]:
+    exact_budget_s: float = DEFAULT_EXACT_BUDGET_S,
+) -> tuple[list[list[str]], SearchReport]:
     space = space_name(name)
     if backend.has_vectors(space):
         logger.info("dropping stale scratch space %s left by an earlier run", space)
@@ -187,7 +214,8 @@ def _mine_dense(
         distinct, where = _unique(texts)
         qvecs = np.asarray(encoder.encode(distinct, batch_size, progress=progress), dtype=np.float32)
         return _knn_negatives(
-            backend, space, queries, qvecs[where], k, desc=f"mining {name}", progress=progress
+            backend, space, queries, qvecs[where], k, desc=f"mining {name}", progress=progress,
+            exact_budget_s=exact_budget_s,
         )
     finally:
         backend.drop_vectors(space)
@@ -203,6 +231,8 @@ def mine_negatives(
     query_texts: Mapping[str, str] | None = None,
     encode_batch_size: int = 128,
     progress: ProgressFactory = silent,
+    exact_budget_s: float = DEFAULT_EXACT_BUDGET_S,
+    search_reports: dict[str, dict] | None = None,
 ) -> list[NegativePool]:
     """Hard-negative pools for ``queries``: BM25 and each dense retriever's top-``k``, positive removed.
 
@@ -217,6 +247,10 @@ def mine_negatives(
             example with a retriever's query prefix).
         encode_batch_size: batch size for the encoders.
         progress: progress-bar factory (corpus encoding, query encoding, searching).
+        exact_budget_s: seconds exact search of one retriever's space may take before HNSW is used
+            (:func:`rgpl_adapt.neighbours.plan_search`; vectors on this machine only).
+        search_reports: when given, filled with ``{retriever: SearchReport.as_dict()}`` (how each
+            dense source was searched: exact or HNSW, the estimate, the measured recall).
 
     Returns:
         One :class:`NegativePool` per query, in the order of ``queries``.
@@ -235,9 +269,12 @@ def mine_negatives(
     if bm25:
         per_source[BM25_SOURCE] = _bm25_negatives(backend, queries, texts, k, progress=progress)
     for name, encoder in retrievers:
-        per_source[name] = _mine_dense(
-            name, encoder, backend, queries, texts, k, batch_size=encode_batch_size, progress=progress
+        per_source[name], report = _mine_dense(
+            name, encoder, backend, queries, texts, k, batch_size=encode_batch_size, progress=progress,
+            exact_budget_s=exact_budget_s,
         )
+        if search_reports is not None:
+            search_reports[name] = report.as_dict()
     pools = [
         NegativePool(qid=q.qid, negatives={source: ids[i] for source, ids in per_source.items()})
         for i, q in enumerate(queries)
@@ -256,11 +293,14 @@ def remine_pools(
     k: int,
     *,
     progress: ProgressFactory = silent,
+    exact_budget_s: float = DEFAULT_EXACT_BUDGET_S,
+    search_reports: dict[str, dict] | None = None,
 ) -> list[NegativePool]:
     """R-GPL remining: new pools (source ``"student"``) from the student's vectors in ``space``.
 
     The caller has written the student's corpus vectors to ``space`` and encoded the queries
     (``query_vectors[i]`` belongs to ``queries[i]``) with the same model and normalisation.
+    ``exact_budget_s`` and ``search_reports`` (filled with ``{"student": ...}``) as in :func:`mine_negatives`.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -273,7 +313,10 @@ def remine_pools(
         raise ValueError(
             f"vector space {space!r} does not exist; write the student's corpus vectors to it first"
         )
-    negatives = _knn_negatives(backend, space, queries, query_vectors, k, desc="remining", progress=progress)
+    negatives, report = _knn_negatives(backend, space, queries, query_vectors, k, desc="remining",
+                                       progress=progress, exact_budget_s=exact_budget_s)
+    if search_reports is not None:
+        search_reports[STUDENT_SOURCE] = report.as_dict()
     return [NegativePool(qid=q.qid, negatives={STUDENT_SOURCE: ids}) for q, ids in zip(queries, negatives)]
 
 

@@ -250,7 +250,16 @@ class Pipeline:
                 )
             n = write_jsonl(stage_dir / "queries.jsonl", merged)
             n_reused = sum(len(reuse[d.id]) for d in selected if d.id in reuse)
-            return {
+            style: dict[str, Any] = {}
+            if gc.example_queries:  # how the user's example queries steered generation
+                style["example_queries"] = len(gc.example_queries)
+                if total.style_candidates:  # seq2seq: candidates ranked by style (rgpl_adapt.query_style)
+                    style.update(style_candidates=total.style_candidates, style_kept=total.style_kept,
+                                 style_dropped=total.dropped.get("style", 0),
+                                 style_oversample=gc.style_oversample)
+                else:
+                    style["style"] = "few-shot prompt of the causal LM"
+            return {**style,
                 "queries": n,
                 "reused": n_reused,
                 "passages": len(selected),
@@ -278,6 +287,7 @@ class Pipeline:
             from rgpl_adapt.models import load_sentence_transformer
 
             bf16 = encode_precision(self.cfg.training.precision, self.device) == "bf16"
+            searches: dict[str, dict] = {}  # per retriever: exact or HNSW, and the measured recall
             retrievers = [
                 (
                     name,
@@ -297,11 +307,13 @@ class Pipeline:
                 k=mc.k,
                 encode_batch_size=mc.encode_batch_size,
                 progress=self.progress,
+                exact_budget_s=mc.exact_budget_s,
+                search_reports=searches,
             )
             n = write_jsonl(stage_dir / "pools.jsonl", pools)
             empty = sum(1 for p in pools if not p.all_ids())
             return {"pools": n, "empty_pools": empty, "sources": ["bm25"] * mc.bm25 + list(mc.retrievers),
-                    "similarity": {name: mc.similarity for name in mc.retrievers}}
+                    "similarity": {name: mc.similarity for name in mc.retrievers}, "search": searches}
 
         self._stage("negatives", {"mining": mc}, build)
         return list(read_jsonl(self.dir / "negatives" / "pools.jsonl", NegativePool))

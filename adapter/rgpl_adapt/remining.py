@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from rgpl_adapt.encoding import encode_texts
 from rgpl_adapt.mining import churn, remine_pools
+from rgpl_adapt.neighbours import DEFAULT_EXACT_BUDGET_S
 from rgpl_adapt.progress import ProgressFactory, silent
 from rgpl_adapt.records import GeneratedQuery, NegativePool
 from rgpl_plugin.base import Backend
@@ -30,6 +31,7 @@ class RemineResult:
     pools: list[NegativePool]
     churn: float  # share of the new negatives that were not in the previous pool
     space: str
+    search: dict[str, Any] = field(default_factory=dict)  # how the student's space was searched (neighbours)
 
 
 def space_name(round_index: int) -> str:
@@ -50,12 +52,15 @@ def remine(
     batch_size: int = 128,
     progress: ProgressFactory = silent,
     autocast_bf16: bool = False,
+    exact_budget_s: float = DEFAULT_EXACT_BUDGET_S,
 ) -> RemineResult:
     """Encode the corpus with ``student``, search it for every query, return the new pools.
 
     ``normalize`` must be True when training with cosine similarity, so that the backend's
     inner-product search ranks by cosine. The student's train/eval mode is restored.
     ``autocast_bf16`` encodes under bfloat16 autocast (see :func:`rgpl_adapt.encoding.encode_texts`).
+    ``exact_budget_s``: exact top-k unless it is estimated to take longer, then HNSW with measured
+    recall (:mod:`rgpl_adapt.neighbours`); the result's ``search`` says which.
     """
     space = space_name(round_index)
     doc_vecs = encode_texts(
@@ -75,8 +80,10 @@ def remine(
         desc=f"remine r{round_index}: queries",
         autocast_bf16=autocast_bf16,
     )
-    pools = remine_pools(queries, backend, space, q_vecs, k)
+    reports: dict[str, dict] = {}
+    pools = remine_pools(queries, backend, space, q_vecs, k, exact_budget_s=exact_budget_s,
+                         search_reports=reports)
     backend.drop_vectors(space)
     moved = churn(previous, pools) if previous is not None else 1.0
     log.info("remining round %d: %.1f%% of negatives are new", round_index, 100 * moved)
-    return RemineResult(pools=pools, churn=moved, space=space)
+    return RemineResult(pools=pools, churn=moved, space=space, search=reports.get("student", {}))

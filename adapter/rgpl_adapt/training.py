@@ -202,9 +202,10 @@ class Trainer:
                 # auto: bf16 where the CPU/GPU has it; 2.4x faster on AVX512-bf16 CPUs, top-10 overlap 0.993
                 # (bench/remine_cost.py); rule in rgpl_adapt.encoding.encode_precision
                 autocast_bf16=encode_precision(self.tc.precision, self.device) == "bf16",
+                exact_budget_s=self.cfg.remine.exact_budget_s,
             )
             pools = result.pools
-            info.update(churn=result.churn, remine_seconds=time.perf_counter() - t0)
+            info.update(churn=result.churn, remine_seconds=time.perf_counter() - t0, search=result.search)
         triples = sample_triples(self.data.queries, pools, (end - start) * self.tc.batch_size, seed=self.tc.seed + r)
         if not triples:
             raise TrainingError(

@@ -297,6 +297,13 @@ class EmbeddedBackend:
         except KeyError as exc:
             raise KeyError(f"{exc.args[0]} (index {self.path})") from None
 
+    def vector_matrix(self, space: str) -> tuple[list[str], np.ndarray]:
+        """The ids and float32 vectors of ``space`` (a memory map when large), for exact search elsewhere."""
+        try:
+            return self._vectors.matrix(space)
+        except KeyError as exc:
+            raise KeyError(f"{exc.args[0]} (index {self.path})") from None
+
     def has_vectors(self, space: str) -> bool:
         return self._vectors.has(space)
 

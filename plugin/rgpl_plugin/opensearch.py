@@ -641,6 +641,14 @@ class OpenSearchBackend:
             out.append(self._hits(resp))
         return out
 
+    def read_hits(
+        self, index: str, body: Mapping[str, Any], *, action: str = "reading an index"
+    ) -> list[dict[str, Any]]:
+        """The hits of one search of another index (a query log, say): read only, errors translated as the
+        backend's own (a missing index, a refused login)."""
+        resp = self._call(action, self.client.search, index=index, body=dict(body))
+        return list(resp["hits"]["hits"])
+
     def close(self) -> None:
         """Finish loading shadow indices; close the client when this backend created it."""
         for space in list(self._loading):

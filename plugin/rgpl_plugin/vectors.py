@@ -84,11 +84,15 @@ def _atomic_write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def exact_topk(matrix: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def exact_topk(
+    matrix: np.ndarray, queries: np.ndarray, k: int, *, chunk_rows: int = _CHUNK_ROWS
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` rows of ``matrix`` by inner product for each query.
 
     Returns ``(rows, scores)``, both shaped ``(n_queries, min(k, n_rows))``, best first; ties
-    go to the lower row. Memory is bounded by chunking both queries and rows.
+    go to the lower row. ``matrix`` may be a memory map: it is read ``chunk_rows`` rows at a time
+    and each query batch keeps a running top-k, so memory is bounded by the chunk and the batch
+    (``_QUERY_BATCH x (chunk_rows + k)`` scores), whatever the number of rows.
     """
     n = matrix.shape[0]
     kk = min(k, n)
@@ -97,21 +101,22 @@ def exact_topk(matrix: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndar
     scores_out = np.empty((q_total, kk), dtype=np.float32)
     for q0 in range(0, q_total, _QUERY_BATCH):
         q = queries[q0 : q0 + _QUERY_BATCH]
-        cand_rows, cand_scores = [], []
-        for r0 in range(0, n, _CHUNK_ROWS):
-            s = q @ np.asarray(matrix[r0 : r0 + _CHUNK_ROWS]).T
+        best_rows = np.empty((len(q), 0), dtype=np.int64)
+        best_scores = np.empty((len(q), 0), dtype=np.float32)
+        for r0 in range(0, n, chunk_rows):
+            s = q @ np.asarray(matrix[r0 : r0 + chunk_rows]).T
             if s.shape[1] > kk:
                 idx = np.argpartition(s, s.shape[1] - kk, axis=1)[:, -kk:]  # no negated copy
                 s = np.take_along_axis(s, idx, axis=1)
             else:
                 idx = np.broadcast_to(np.arange(s.shape[1]), s.shape)
-            cand_rows.append(idx + r0)
-            cand_scores.append(s)
-        rows = np.concatenate(cand_rows, axis=1)
-        scores = np.concatenate(cand_scores, axis=1)
-        order = np.lexsort((rows, -scores), axis=1)[:, :kk]
-        rows_out[q0 : q0 + len(q)] = np.take_along_axis(rows, order, axis=1)
-        scores_out[q0 : q0 + len(q)] = np.take_along_axis(scores, order, axis=1)
+            rows = np.concatenate([best_rows, idx + r0], axis=1)
+            scores = np.concatenate([best_scores, s.astype(np.float32, copy=False)], axis=1)
+            order = np.lexsort((rows, -scores), axis=1)[:, :kk]  # the running top-k, ties to the lower row
+            best_rows = np.take_along_axis(rows, order, axis=1)
+            best_scores = np.take_along_axis(scores, order, axis=1)
+        rows_out[q0 : q0 + len(q)] = best_rows
+        scores_out[q0 : q0 + len(q)] = best_scores
     return rows_out, scores_out
 
 
@@ -152,6 +157,15 @@ class VectorStore:
         """``{"dim": ..., "count": ...}`` of a space (merges pending segments)."""
         loaded = self._load(space)
         return {"dim": int(loaded.matrix.shape[1]), "count": len(loaded.ids)}
+
+    def matrix(self, space: str) -> tuple[list[str], np.ndarray]:
+        """``(ids, vectors)`` of a space (pending segments merged): row ``i`` of ``vectors`` is ``ids[i]``.
+
+        Large spaces come back as a read-only memory map; callers that search them exactly
+        (evaluation, :mod:`rgpl_adapt.neighbours`) read them in chunks. Do not modify either.
+        """
+        loaded = self._load(space)
+        return loaded.ids, loaded.matrix
 
     # ------------------------------------------------------------------ write
     def put(self, space: str, ids: list[str], vectors: np.ndarray) -> None:
@@ -244,10 +258,10 @@ class VectorStore:
         if loaded.hnsw is not None:
             return loaded.hnsw
         try:
-            from rgpl_adapt.devices import require
+            from rgpl_adapt.devices import require_usearch
 
             _load_onnxruntime_first()
-            usearch_index = require("usearch.index", extra="hnsw")
+            usearch_index = require_usearch()  # onnxruntime first: the other order segfaults
         except ImportError as exc:
             if not self._warned_no_usearch:
                 logger.warning("%s; searching %d vectors exactly instead (slower)", exc, len(loaded.ids))
@@ -340,3 +354,28 @@ def _rescore(
     scores = np.asarray(matrix[rows] @ query, dtype=np.float32)
     order = np.argsort(-scores, kind="stable")[:k]  # rows ascending, so stable ties go to the lower row
     return rows[order].tolist(), scores[order].tolist()
+
+
+def hnsw_search(
+    index: Any, matrix: np.ndarray, queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-``k`` of a usearch index for each query (``HNSW_OVERSAMPLE * k`` candidates rescored exactly from ``matrix``): ``(rows, scores, counts)``,
+    padded to ``k`` columns (``counts[i]`` valid), best first, ties to the lower row."""
+    # one thread per query, at most the cores: a single query gains nothing from a pool of threads
+    # (usearch starts its threads on every call), and idle ones slow the BM25 leg of a hybrid query
+    matches = index.search(queries, HNSW_OVERSAMPLE * k, threads=min(len(queries), os.cpu_count() or 1))
+    if hasattr(matches, "counts"):  # BatchMatches: padded (n, k) arrays
+        rows = np.asarray(matches.keys, dtype=np.int64).reshape(len(queries), -1)
+        counts = np.asarray(matches.counts).reshape(-1)
+    else:  # a single query gives Matches with only the valid keys
+        rows = np.asarray(matches.keys, dtype=np.int64).reshape(1, -1)
+        counts = np.array([rows.shape[1]])
+    valid = np.arange(rows.shape[1])[None, :] < counts[:, None]
+    rows = np.where(valid, rows, 0)
+    candidates = np.asarray(matrix[rows.ravel()]).reshape(*rows.shape, -1)
+    scores = np.einsum("qkd,qd->qk", candidates, queries)  # exact scores for the candidates
+    scores = np.where(valid, scores, -np.inf).astype(np.float32)
+    order = np.lexsort((rows, -scores), axis=1)
+    order = order[:, :k]  # the HNSW_OVERSAMPLE * k candidates, rescored, cut to k
+    counts = np.minimum(counts, k)
+    return np.take_along_axis(rows, order, axis=1), np.take_along_axis(scores, order, axis=1), counts

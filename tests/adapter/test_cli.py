@@ -44,6 +44,9 @@ def test_adapt_is_the_default_command_and_writes_everything(adapted_run):
     train = report["stages"]["train"]
     assert train["steps"] == 6 and [r["round"] for r in train["rounds"]] == [0, 1]
     assert 0.0 <= train["rounds"][1]["churn"] <= 1.0
+    assert train["rounds"][1]["search"]["method"] == "exact"  # how remining searched, with the estimate
+    assert train["rounds"][1]["search"]["estimated_exact_s"] <= train["rounds"][1]["search"]["budget_s"]
+    assert {r["method"] for r in report["stages"]["negatives"]["search"].values()} == {"exact"}
     assert [e["step"] for e in train["evals"]] == [3, 6]  # periodic evaluation on the held-out qrels
     assert all(0.0 <= e["ndcg@10"] <= 1.0 for e in train["evals"])
     assert report["stages"]["export"]["max_abs_diff"] <= report["stages"]["export"]["tolerance"]

@@ -33,12 +33,12 @@ def test_example_queries_prompt_is_valid_and_examples_recognised():
         example_queries_prompt(["  "])
 
 
-def test_cli_example_queries_sets_the_generation_prompt(tmp_path):
+def test_cli_example_queries_go_into_the_config(tmp_path):
     from rgpl_adapt.cli import _build_config
 
     f = tmp_path / "claims.txt"
     f.write_text("Aspirin lowers stroke risk.\nVitamin D helps bones.\n")
     cfg = _build_config({"example_queries": str(f), "scale": "cpu"})
-    assert cfg.generation.prompt is not None
-    assert "Question: Aspirin lowers stroke risk." in cfg.generation.prompt
-    assert _build_config({"scale": "cpu"}).generation.prompt is None
+    assert cfg.generation.example_queries == ("Aspirin lowers stroke risk.", "Vitamin D helps bones.")
+    assert cfg.generation.prompt is None  # the causal generator builds its prompt from them
+    assert _build_config({"scale": "cpu"}).generation.example_queries == ()

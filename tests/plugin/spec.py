@@ -8,7 +8,9 @@ Two adjustments, both making validation stricter, never looser, and ``SPEC_FIXES
 contradicts what the engine reads (each documented there):
 
 * ``QueryContainer`` gets ``additionalProperties: false``, so a misspelt or invented query type
-  fails (the spec leaves every object open);
+  fails (the spec leaves every object open); so does ``SortOptions`` (only ``_score``, ``_geo_distance``,
+  ``_script``), else every field sort ``{"f": {"order": "desc"}}`` is also an "options" sort and the
+  ``oneOf`` of ``SortCombinations`` rejects it;
 * ``_msearch`` bodies are validated pairwise (header, body): the spec's ``oneOf`` of two open
   objects cannot tell them apart.
 """
@@ -29,7 +31,7 @@ from referencing.jsonschema import DRAFT202012
 
 SPEC_ROOT = Path("/work/shared/opensearch-api-spec/spec")
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-STRICT = {("schemas/_common.query_dsl.yaml", "QueryContainer")}
+STRICT = {("schemas/_common.query_dsl.yaml", "QueryContainer"), ("schemas/_common.yaml", "SortOptions")}
 #: Where the spec is wrong about what the engine reads, the engine's behaviour wins (each fix says why).
 #: ``ScoreRankerCombination`` lists ``rank_constant`` beside ``technique`` only; neural-search 2.19 reads it
 #: from ``combination.parameters`` and silently ignores it beside the technique (measured on a real 2.19.1

@@ -1,0 +1,242 @@
+"""Dense top-k on this machine for mining, remining and evaluation: exact, or HNSW with measured recall.
+
+The references search exactly (GPL's miner and R-GPL's remining take the true top-k); an
+approximate index is only worth it when exact search does not fit the time available. So:
+
+* **Evaluation is always exact** (:func:`exact_search`): a chunked matrix product over the
+  vectors (a memory map for large spaces) with a running top-k per query batch
+  (:func:`rgpl_plugin.vectors.exact_topk`), memory bounded whatever the corpus size. Metrics are
+  never computed on approximate neighbours.
+* **Mining and remining** (:func:`plan_search`) estimate the cost of exact search from a small
+  timed probe on the real vectors (query-vector products per second of this machine, as
+  :func:`exact_topk` runs them) and compare it with a time budget (``MiningConfig.exact_budget_s``,
+  ``RemineConfig.exact_budget_s``). Within the budget: exact. Beyond it: a usearch HNSW graph,
+  whose recall@k against exact search is measured on a sample of ``RECALL_SAMPLE`` queries; below
+  ``RECALL_TARGET`` the search expansion (``ef``) doubles up to ``EXPANSIONS[-1]``, and if the
+  target is still missed, or usearch is not installed, the search runs exactly anyway. The choice,
+  the estimate and the measured recall are a :class:`SearchReport`, logged and written to the
+  stage's manifest (``negatives``: ``search``) and to each remining round's ``info.json``.
+
+Spaces that live in a cluster (``miner="cluster"``) are searched by the engine's own k-NN (method
+``backend``): we do not run brute-force scoring of every query on the user's cluster, but
+:func:`measure_backend` measures the engine's recall@k against its exact ``script_score`` search on a
+sample of ``RECALL_SAMPLE`` queries and records it; below ``RECALL_TARGET`` it warns and names
+``--miner local`` (this module's search on the training machine) as the exact alternative.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from rgpl_plugin.base import Hit
+from rgpl_plugin.vectors import HNSW_CONNECTIVITY, HNSW_EXPANSION_ADD, exact_topk, hnsw_search
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXACT_BUDGET_S = 600.0  # per search (one retriever's mining, one remining round)
+RECALL_TARGET = 0.99
+RECALL_SAMPLE = 200
+EXPANSIONS = (128, 256, 512, 1024)  # HNSW ef tried in turn until the sample's recall@k reaches the target
+PROBE_ROWS = 16_384  # the timed probe: a block as large as a real search's (half a chunk) ...
+PROBE_QUERIES = 512  # ... and half a query batch, so that cache effects are the real ones
+SEARCH_OVERHEAD = 1.2  # the estimate's margin over the probe (top-k merging, page-cache misses)
+
+
+@dataclass(frozen=True)
+class SearchReport:
+    """How one set of queries was searched, and why."""
+
+    method: str  # "exact", "hnsw" or "backend" (the cluster's own k-NN)
+    queries: int
+    vectors: int
+    k: int
+    estimated_exact_s: float | None = None
+    budget_s: float | None = None
+    recall_at_k: float | None = None  # HNSW only: measured against exact search on a sample
+    recall_sample: int = 0
+    expansion_search: int | None = None
+    hnsw_seconds: float | None = None  # building the graph and checking its recall (not in the estimate)
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+    def summary(self) -> str:
+        text = f"{self.method} search of {self.queries} queries in {self.vectors} vectors (k={self.k})"
+        if self.recall_at_k is not None:
+            text += (f", recall@{self.k} {self.recall_at_k:.4f} on {self.recall_sample} queries"
+                     f" (ef {self.expansion_search})")
+        return f"{text}: {self.reason}" if self.reason else text
+
+
+def _hits(
+    ids: Sequence[str], rows: np.ndarray, scores: np.ndarray, counts: np.ndarray | None = None
+) -> list[list[Hit]]:
+    out = []
+    for i in range(rows.shape[0]):
+        n = rows.shape[1] if counts is None else int(counts[i])
+        out.append([Hit(ids[r], float(s)) for r, s in zip(rows[i, :n].tolist(), scores[i, :n].tolist())])
+    return out
+
+
+def exact_search(ids: Sequence[str], matrix: np.ndarray, queries: np.ndarray, k: int) -> list[list[Hit]]:
+    """Exact top-``k`` inner-product hits of each query row in ``matrix`` (row ``i`` is ``ids[i]``)."""
+    if len(ids) != matrix.shape[0]:
+        raise ValueError(f"got {len(ids)} ids for {matrix.shape[0]} vectors; they must match")
+    queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+    if not len(ids) or not len(queries):
+        return [[] for _ in range(len(queries))]
+    rows, scores = exact_topk(matrix, queries, k)
+    return _hits(ids, rows, scores)
+
+
+def probe_rate(matrix: np.ndarray, queries: np.ndarray, k: int) -> float:
+    """Query-vector inner products per second of exact search here, timed on a slice of the real data.
+
+    A small warm-up (page faults, thread start-up) first, then one timed run on a block shaped like a
+    real search step (:data:`PROBE_QUERIES` x :data:`PROBE_ROWS`): small blocks fit the CPU caches and
+    overestimate the speed.
+    """
+    rows = min(PROBE_ROWS, matrix.shape[0])
+    sample = np.ascontiguousarray(queries[:PROBE_QUERIES], dtype=np.float32)
+    block = np.asarray(matrix[:rows])
+    exact_topk(block[:1024], sample[:32], k)
+    t0 = time.perf_counter()
+    exact_topk(block, sample, k)
+    return len(sample) * rows / max(time.perf_counter() - t0, 1e-6)
+
+
+def recall_at_k(approx: Sequence[Sequence[Hit]], exact: Sequence[Sequence[Hit]]) -> float:
+    """Mean share of each query's exact top-k ids that the approximate search also returned."""
+    shares = [len({h.doc_id for h in a} & {h.doc_id for h in e}) / len(e) for a, e in zip(approx, exact) if e]
+    return float(np.mean(shares)) if shares else 1.0
+
+
+class Neighbours:
+    """A prepared search of one vector space: call :meth:`search` with batches of queries."""
+
+    def __init__(
+        self, ids: Sequence[str], matrix: np.ndarray, k: int, report: SearchReport, index: Any = None
+    ) -> None:
+        self.ids, self.matrix, self.k, self.report, self._index = ids, matrix, k, report, index
+
+    def search(self, queries: np.ndarray) -> list[list[Hit]]:
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if self._index is None:
+            return exact_search(self.ids, self.matrix, queries, self.k)
+        k = min(self.k, len(self.ids))
+        rows, scores, counts = hnsw_search(self._index, self.matrix, queries, k)
+        return _hits(self.ids, rows, scores, counts)
+
+
+def _build_hnsw(matrix: np.ndarray) -> Any:
+    from rgpl_adapt.devices import require_usearch
+
+    usearch_index = require_usearch()
+    index = usearch_index.Index(ndim=int(matrix.shape[1]), metric="ip", dtype="f32",
+                                connectivity=HNSW_CONNECTIVITY, expansion_add=HNSW_EXPANSION_ADD,
+                                expansion_search=EXPANSIONS[0])
+    for r0 in range(0, matrix.shape[0], 65_536):  # a memory map is added in slices
+        block = np.ascontiguousarray(matrix[r0 : r0 + 65_536], dtype=np.float32)
+        index.add(np.arange(r0, r0 + len(block), dtype=np.uint64), block, threads=0)
+    return index
+
+
+def plan_search(
+    ids: Sequence[str],
+    matrix: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    *,
+    budget_s: float = DEFAULT_EXACT_BUDGET_S,
+    recall_target: float = RECALL_TARGET,
+    sample: int = RECALL_SAMPLE,
+    seed: int = 0,
+    rate: float | None = None,
+) -> Neighbours:
+    """Choose exact or HNSW search of ``queries`` in ``matrix`` for a time budget (module docstring).
+
+    ``rate`` (inner products per second) skips the timed probe; tests pass it to force a decision.
+    """
+    if budget_s < 0:
+        raise ValueError(f"exact_budget_s must be >= 0, got {budget_s}")
+    queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+    n_q, n_v = len(queries), int(matrix.shape[0])
+    base = dict(queries=n_q, vectors=n_v, k=k, budget_s=budget_s)
+    if not n_q or not n_v:
+        return Neighbours(ids, matrix, k, SearchReport("exact", **base, reason="nothing to search"))
+    rate = rate if rate is not None else probe_rate(matrix, queries, k)
+    estimate = round(SEARCH_OVERHEAD * n_q * n_v / rate, 3)
+    base["estimated_exact_s"] = estimate
+    if estimate <= budget_s:
+        fits = f"exact fits the budget ({estimate:.1f} s <= {budget_s:g} s)"
+        report = SearchReport("exact", **base, reason=fits)
+        return Neighbours(ids, matrix, k, report)
+    over = f"exact estimated at {estimate:.0f} s > budget {budget_s:g} s"
+    t0 = time.perf_counter()
+    try:
+        index = _build_hnsw(matrix)
+    except ImportError as exc:
+        log.warning("%s; searching exactly although %s", exc, over)
+        report = SearchReport("exact", **base, reason=f"{over}, but usearch is not installed")
+        return Neighbours(ids, matrix, k, report)
+    rng = np.random.default_rng(seed)
+    picked = np.sort(rng.choice(n_q, size=min(sample, n_q), replace=False))
+    truth = exact_search(ids, matrix, queries[picked], k)
+    hnsw = Neighbours(ids, matrix, k, SearchReport("hnsw", **base), index)
+    recall, tried = 0.0, []
+    for ef in EXPANSIONS:
+        index.expansion_search = ef
+        recall = recall_at_k(hnsw.search(queries[picked]), truth)
+        tried.append(f"ef {ef}: {recall:.4f}")
+        if recall >= recall_target:
+            hnsw.report = SearchReport(
+                "hnsw", **base, recall_at_k=round(recall, 4), recall_sample=len(picked), expansion_search=ef,
+                hnsw_seconds=round(time.perf_counter() - t0, 3), reason=over,
+            )
+            log.info("%s", hnsw.report.summary())
+            return hnsw
+    report = SearchReport("exact", **base, recall_at_k=round(recall, 4), recall_sample=len(picked),
+                          expansion_search=EXPANSIONS[-1], hnsw_seconds=round(time.perf_counter() - t0, 3),
+                          reason=(f"{over}, but HNSW recall@{k} stayed below {recall_target} "
+                                  f"({'; '.join(tried)}); fell back to exact"))
+    log.warning("%s", report.summary())
+    return Neighbours(ids, matrix, k, report)
+
+
+def measure_backend(
+    backend: Any, space: str, queries: np.ndarray, k: int, *, recall_target: float = RECALL_TARGET,
+    sample: int = RECALL_SAMPLE, seed: int = 0,
+) -> SearchReport:
+    """The report of a space searched by the backend's own k-NN, with its recall@k measured on a sample
+    against the backend's exact search (``knn_search(..., exact=True)``) where it has one."""
+    base = dict(queries=len(queries), vectors=backend.count(), k=k)
+    what = f"{getattr(backend, 'name', 'backend')} k-NN (the engine's own index)"
+    if not len(queries):
+        return SearchReport("backend", **base, reason=what)
+    rng = np.random.default_rng(seed)
+    picked = np.sort(rng.choice(len(queries), size=min(sample, len(queries)), replace=False))
+    try:
+        truth = backend.knn_search(space, queries[picked], k, exact=True)
+    except TypeError:  # a backend without exact search
+        return SearchReport("backend", **base, reason=f"{what}; recall not measured (no exact search)")
+    except RuntimeError as exc:  # BackendError: the engine refused the exact query; mining goes on
+        log.warning("could not measure the recall of %s: %s", what, exc)
+        return SearchReport("backend", **base, reason=f"{what}; recall not measured ({type(exc).__name__})")
+    recall = recall_at_k(backend.knn_search(space, queries[picked], k), truth)
+    measured = dict(recall_at_k=round(recall, 4), recall_sample=len(picked))
+    report = SearchReport("backend", **base, **measured, reason=what)
+    if recall < recall_target:
+        low = (f"{what}; recall@{k} below {recall_target}: --miner local searches exactly "
+               "(or by HNSW with a recall check) on this machine")
+        report = SearchReport("backend", **base, **measured, reason=low)
+        log.warning("%s", report.summary())
+    else:
+        log.info("%s", report.summary())
+    return report
