@@ -77,12 +77,12 @@ class ChunkedResult:
     skipped_chunks: int  # finished by an earlier call
 
 
-def _open_vectors(out: Path, n: int, dim: int, key: str, info: DistInfo) -> np.memmap:
+def _open_vectors(out: Path, n: int, dim: int, key: str, info: DistInfo, chunk_size: int) -> np.memmap:
     from numpy.lib.format import open_memmap
 
     path = out / "vectors.npy"
     meta = out / "meta.json"
-    want = {"count": n, "dim": dim, "key": key}
+    want = {"count": n, "dim": dim, "key": key, "chunk_size": chunk_size}  # done/<c> markers mean chunks of this size
     if path.exists() and meta.exists() and json.loads(meta.read_text()) == want:
         return open_memmap(path, mode="r+")
     if not info.is_main:
@@ -121,7 +121,7 @@ def encode_store(
     reader = StoreReader(index_dir)
     try:
         n = reader.count()
-        vectors = _open_vectors(out, n, dim, key, info)
+        vectors = _open_vectors(out, n, dim, key, info, chunk_size)
         n_chunks = -(-n // chunk_size)
         mine = [c for c in range(n_chunks) if c % info.world == info.rank]
         todo = [c for c in mine if not (out / "done" / str(c)).exists()]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -159,6 +159,10 @@ def _write_corpus_vectors(
     return n
 
 
+CorpusWriter = Callable[[Backend, str, str, TextEncoder], int]
+"""``(backend, space, retriever name, encoder) -> documents written``: puts every document's vector into ``space``."""
+
+
 def _mine_dense(
     name: str,
     encoder: TextEncoder,
@@ -169,20 +173,24 @@ def _mine_dense(
     *,
     batch_size: int,
     progress: ProgressFactory,
+    write_corpus: CorpusWriter | None = None,
 ) -> list[list[str]]:
     space = space_name(name)
     if backend.has_vectors(space):
         logger.info("dropping stale scratch space %s left by an earlier run", space)
         backend.drop_vectors(space)
     try:
-        n = _write_corpus_vectors(
-            backend,
-            space,
-            encoder,
-            batch_size=batch_size,
-            desc=f"encoding corpus ({name})",
-            progress=progress,
-        )
+        if write_corpus is not None:
+            n = write_corpus(backend, space, name, encoder)
+        else:
+            n = _write_corpus_vectors(
+                backend,
+                space,
+                encoder,
+                batch_size=batch_size,
+                desc=f"encoding corpus ({name})",
+                progress=progress,
+            )
         logger.info("wrote %d corpus vectors of %s to %s", n, name, space)
         distinct, where = _unique(texts)
         qvecs = np.asarray(encoder.encode(distinct, batch_size, progress=progress), dtype=np.float32)
@@ -203,6 +211,7 @@ def mine_negatives(
     query_texts: Mapping[str, str] | None = None,
     encode_batch_size: int = 128,
     progress: ProgressFactory = silent,
+    write_corpus: CorpusWriter | None = None,
 ) -> list[NegativePool]:
     """Hard-negative pools for ``queries``: BM25 and each dense retriever's top-``k``, positive removed.
 
@@ -217,6 +226,9 @@ def mine_negatives(
             example with a retriever's query prefix).
         encode_batch_size: batch size for the encoders.
         progress: progress-bar factory (corpus encoding, query encoding, searching).
+        write_corpus: how a retriever's corpus vectors get into its space; default: encode
+            ``backend.iter_documents()`` in chunks. The pipeline passes one that encodes its document
+            store in resumable, memory-mapped chunks (:func:`rgpl_adapt.chunked.encode_store`).
 
     Returns:
         One :class:`NegativePool` per query, in the order of ``queries``.
@@ -236,7 +248,8 @@ def mine_negatives(
         per_source[BM25_SOURCE] = _bm25_negatives(backend, queries, texts, k, progress=progress)
     for name, encoder in retrievers:
         per_source[name] = _mine_dense(
-            name, encoder, backend, queries, texts, k, batch_size=encode_batch_size, progress=progress
+            name, encoder, backend, queries, texts, k, batch_size=encode_batch_size, progress=progress,
+            write_corpus=write_corpus,
         )
     pools = [
         NegativePool(qid=q.qid, negatives={source: ids[i] for source, ids in per_source.items()})
