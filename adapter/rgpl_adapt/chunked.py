@@ -17,6 +17,7 @@ Usage::
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from rgpl_adapt.progress import ProgressFactory, silent
 __all__ = ["ChunkedResult", "StoreReader", "encode_store", "put_in_chunks"]
 
 DEFAULT_CHUNK = 65536
+log = logging.getLogger(__name__)
 
 
 class StoreReader:
@@ -135,6 +137,7 @@ def encode_store(
                 vectors[start:stop] = emb
                 vectors.flush()  # the vectors are on disk before the chunk is marked done
                 (out / "done" / str(c)).touch()
+                log.info("encoded chunk %d of %d into %s", c, n_chunks, out)
                 bar.update(stop - start)
         del vectors
     finally:
@@ -143,7 +146,14 @@ def encode_store(
 
 
 def put_in_chunks(backend, space: str, index_dir: str | os.PathLike, vectors: Path, chunk_size: int = 10_000) -> int:
-    """Add the memory-mapped ``vectors`` to ``backend``'s ``space`` by store order, a chunk at a time."""
+    """Add the memory-mapped ``vectors`` to ``backend``'s ``space`` by store order, a chunk at a time.
+
+    When ``backend`` is the embedded index whose store was encoded (same folder), the file is
+    adopted whole instead (:meth:`EmbeddedBackend.adopt_vectors`: a block copy, no id list).
+    """
+    adopt, own = getattr(backend, "adopt_vectors", None), getattr(backend, "path", None)
+    if adopt is not None and own is not None and Path(own).resolve() == Path(index_dir).resolve():
+        return adopt(space, vectors)
     vec = np.load(vectors, mmap_mode="r")
     reader = StoreReader(index_dir)
     try:

@@ -250,12 +250,14 @@ class Pipeline:
             parts.mkdir(parents=True, exist_ok=True)
             # Parts finished before an interruption are reused, but only for the same settings.
             pending = stage_dir / "pending.json"
-            key = Manifest.for_inputs("queries-parts", upstream=self._upstream, gen=gc, reused=self._reuse_key).fingerprint
+            # passages per part: a few generation batches, at most the pipeline's chunk (and part of the key)
+            chunk = max(gc.batch_size, min(max(gc.batch_size * 8, 256), self.chunk_size))
+            key = Manifest.for_inputs("queries-parts", upstream=self._upstream, gen=gc, reused=self._reuse_key,
+                                      **({"chunk": chunk} if chunk != max(gc.batch_size * 8, 256) else {})).fingerprint
             if not pending.exists() or json.loads(pending.read_text()).get("key") != key:
                 for old in parts.glob("part-*"):
                     old.unlink()
                 pending.write_text(json.dumps({"key": key}))
-            chunk = max(gc.batch_size * 8, 256)
             generator = None
             reuse = self.reuse_queries
             seen: set[str] = {query_key(q.text) for qs in reuse.values() for q in qs}
@@ -286,6 +288,7 @@ class Pipeline:
                         queries = [q for d in piece for q in by_doc.get(d.id, [])]
                         write_jsonl(part, queries)
                         part_stats.write_text(json.dumps(stats.__dict__))
+                        log.info("generated queries part %d (%d passages)", i, len(piece))
                     total = total.merged(stats)
                     bar.update(len(piece))
             merged = [q for part in sorted(parts.glob("part-*.jsonl")) for q in read_jsonl(part, GeneratedQuery)]

@@ -125,8 +125,11 @@ class DocStoreWriter:
         point = self.resume_point()
         with self._db:
             self._db.execute("INSERT OR REPLACE INTO info VALUES ('done', '1')")
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self._db.execute("PRAGMA journal_mode=DELETE")
+        try:  # back to a single file; needs no other connection open (a reader watching the build)
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.execute("PRAGMA journal_mode=DELETE")
+        except sqlite3.OperationalError:  # still correct in WAL mode, only with -wal/-shm files beside it
+            pass
         self._db.close()
         return point
 

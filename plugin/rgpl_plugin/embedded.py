@@ -119,7 +119,7 @@ class EmbeddedBackend:
         self._schema = self._index.schema
         uri = (self.path / "docs.sqlite").resolve().as_uri() + "?mode=ro"
         self._db: sqlite3.Connection | None = sqlite3.connect(uri, uri=True, check_same_thread=False)
-        self._vectors = VectorStore(self.path / "vectors", hnsw_threshold=hnsw_threshold)
+        self._vectors = VectorStore(self.path / "vectors", hnsw_threshold=hnsw_threshold, resolve_rows=self.ids_of_ords)
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -305,6 +305,18 @@ class EmbeddedBackend:
                 spaces[space] = {"dim": dim}
                 _write_meta(self.path, self.meta)
 
+    def adopt_vectors(self, space: str, vectors_file: str | os.PathLike) -> int:
+        """Make ``vectors_file`` (a float32 ``.npy``, row i = the document at ord i, every document) the
+        whole of ``space``: copied in blocks, ids resolved by ord (none held). Returns the count."""
+        n = self._vectors.adopt(space, vectors_file)
+        if n != self.count():
+            self._vectors.drop(space)
+            raise ValueError(f"{vectors_file} has {n} rows for {self.count()} documents; encode the whole store")
+        dim = int(np.load(self.path / "vectors" / space / "vectors.npy", mmap_mode="r").shape[1])
+        self.meta.setdefault("spaces", {})[space] = {"dim": dim}
+        _write_meta(self.path, self.meta)
+        return n
+
     def knn_search(self, space: str, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """Top-``k`` inner-product neighbours; exact up to ``hnsw_threshold`` vectors, else HNSW."""
         try:
@@ -372,16 +384,17 @@ def _build(
     """
     tv = _tantivy()
     tantivy_dir = folder / "tantivy"
-    if (tantivy_dir / "meta.json").exists() and key:
-        index = tv.Index.open(str(tantivy_dir))
-    else:
-        shutil.rmtree(tantivy_dir, ignore_errors=True)
+    if not key:
         (folder / "docs.sqlite").unlink(missing_ok=True)
+    store = DocStoreWriter(folder / "docs.sqlite", key=key)  # another key (input) empties it
+    resumed = store.resumed
+    if resumed.chunks and (tantivy_dir / "meta.json").exists():
+        index = tv.Index.open(str(tantivy_dir))
+    else:  # nothing to continue: a fresh BM25 index
+        shutil.rmtree(tantivy_dir, ignore_errors=True)
         tantivy_dir.mkdir()
         index = tv.Index(_schema(), path=str(tantivy_dir))
     index.register_tokenizer(TOKENIZER_NAME, english_analyzer())
-    store = DocStoreWriter(folder / "docs.sqlite", key=key)
-    resumed = store.resumed
     index.reload()
     in_tantivy = index.searcher().num_docs
     if in_tantivy > resumed.docs:  # cannot happen with the commit order above; never serve a mixed index
@@ -406,6 +419,7 @@ def _build(
         bar.update(resumed.consumed)
         for n_read, rows in store.append(documents, chunk_size):
             add(rows)
+            logger.info("indexed chunk %d (%d documents) into %s", resumed.chunks + built, len(rows), folder)
             built += 1
             bar.update(n_read)
     writer.wait_merging_threads()
