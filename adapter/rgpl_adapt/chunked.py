@@ -30,7 +30,7 @@ from rgpl_adapt.distributed import DistInfo, dist_info
 from rgpl_adapt.encoding import TextEncoder
 from rgpl_adapt.progress import ProgressFactory, silent
 
-__all__ = ["ChunkedResult", "StoreReader", "encode_store", "put_in_chunks"]
+__all__ = ["ChunkedResult", "StoreReader", "copy_documents", "encode_store", "put_in_chunks"]
 
 DEFAULT_CHUNK = 65536
 log = logging.getLogger(__name__)
@@ -164,3 +164,29 @@ def put_in_chunks(backend, space: str, index_dir: str | os.PathLike, vectors: Pa
     finally:
         reader.close()
     return n
+
+
+def copy_documents(documents, store_dir: str | os.PathLike, *, key: str = "", chunk_size: int = 10_000) -> dict:
+    """Stream ``documents`` (e.g. a cluster index's) into a fresh ``store_dir/docs.sqlite``, a chunk at a time.
+
+    Writes and returns ``{"count", "sha"}`` (also ``store_dir/fingerprint.json``): the sha is
+    :func:`rgpl_adapt.cluster.docs_fingerprint` of the documents, computed on the way.
+    """
+    import hashlib
+    import shutil
+
+    from rgpl_plugin.base import batched
+    from rgpl_plugin.docstore import DocStoreWriter
+
+    store_dir = Path(store_dir)
+    shutil.rmtree(store_dir, ignore_errors=True)
+    writer = DocStoreWriter(store_dir / "docs.sqlite", key=key)
+    n, h = 0, hashlib.sha256()
+    for chunk in batched(documents, chunk_size):
+        for d in chunk:
+            h.update(json.dumps([d.id, d.title, d.text]).encode("utf-8"))
+        n += len(writer.append_chunk(chunk))
+    writer.finish()
+    found = {"count": n, "sha": h.hexdigest()[:16]}
+    (store_dir / "fingerprint.json").write_text(json.dumps(found))
+    return found

@@ -14,7 +14,6 @@ texts of its triples only. ``chunk_size`` sets the chunk of the store build and 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -206,21 +205,12 @@ class Pipeline:
         The copy is what later stages read texts from (by id, by chunk) instead of holding the
         index's documents in memory; the fingerprint of the documents is computed on the way.
         """
-        from rgpl_plugin.base import batched
-        from rgpl_plugin.docstore import DocStoreWriter
+        from rgpl_adapt.chunked import copy_documents
 
         assert self.backend is not None
         self.store_dir = self.dir / "docs"
-        n, h = 0, hashlib.sha256()
         if self.dist.is_main:
-            shutil.rmtree(self.store_dir, ignore_errors=True)
-            writer = DocStoreWriter(self.store_dir / "docs.sqlite", key=self.backend.name)
-            for chunk in batched(self.backend.iter_documents(), 10_000):
-                for d in chunk:  # the same hash as rgpl_adapt.cluster.docs_fingerprint
-                    h.update(json.dumps([d.id, d.title, d.text]).encode("utf-8"))
-                n += len(writer.append_chunk(chunk))
-            writer.finish()
-            (self.store_dir / "fingerprint.json").write_text(json.dumps({"count": n, "sha": h.hexdigest()[:16]}))
+            copy_documents(self.backend.iter_documents(), self.store_dir, key=self.backend.name)
         found = json.loads((self.store_dir / "fingerprint.json").read_text())
         n = found["count"]
         self._upstream = f"{self.backend.name}:{n}:{found['sha']}"

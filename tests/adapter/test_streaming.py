@@ -70,9 +70,9 @@ def _run(args: list[str], log: Path, kill_on: re.Pattern | None) -> bool:
     seen = len(log.read_text().splitlines()) if log.exists() else 0
     proc = subprocess.Popen([sys.executable, *args], env=env)
     if kill_on is None:
-        assert proc.wait(timeout=600) == 0
+        assert proc.wait(timeout=1200) == 0
         return False
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + 1200
     while proc.poll() is None and time.monotonic() < deadline:
         lines = log.read_text().splitlines()[seen:] if log.exists() else []
         if any(kill_on.search(line) for line in lines):
