@@ -19,12 +19,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from rgpl_plugin.docstore import DocStore
 
 from rgpl_adapt.distributed import DistInfo, dist_info
 from rgpl_adapt.encoding import TextEncoder
@@ -36,37 +36,14 @@ DEFAULT_CHUNK = 65536
 log = logging.getLogger(__name__)
 
 
-class StoreReader:
-    """Read-only, chunked access to the texts of an embedded store (``docs.sqlite``)."""
-
-    def __init__(self, index_dir: str | os.PathLike) -> None:
-        path = Path(index_dir) / "docs.sqlite"
-        if not path.is_file():
-            raise FileNotFoundError(f"{index_dir} holds no docs.sqlite: build the index first")
-        self._db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False)
-
-    def count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM docs").fetchone()[0])
-
-    def texts(self, start: int, stop: int) -> list[str]:
-        """The texts (title and text, as the encoder sees them) of documents ``start <= ord < stop``."""
-        rows = self._db.execute(
-            "SELECT title, text FROM docs WHERE ord >= ? AND ord < ? ORDER BY ord", (start, stop)
-        ).fetchall()
-        return [f"{title} {text}".strip() if title else text for title, text in rows]
-
-    def ids(self, start: int, stop: int) -> list[str]:
-        rows = self._db.execute("SELECT id FROM docs WHERE ord >= ? AND ord < ? ORDER BY ord", (start, stop))
-        return [r[0] for r in rows]
+class StoreReader(DocStore):
+    """Read-only, chunked access to the texts of a document store (``docs.sqlite``) by insertion order."""
 
     def iter_chunks(self, chunk_size: int) -> Iterator[tuple[int, list[str]]]:
         """``(start, texts)`` for every chunk in order."""
         n = self.count()
         for start in range(0, n, chunk_size):
             yield start, self.texts(start, min(n, start + chunk_size))
-
-    def close(self) -> None:
-        self._db.close()
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,7 @@ class DocStore:
         if path.is_dir():
             path = path / DOCS_FILE
         if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist: build the document store first")
+            raise FileNotFoundError(f"{path} does not exist: build the index first (the document store)")
         self.path = path
         self._db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False)
 
