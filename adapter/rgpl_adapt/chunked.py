@@ -17,54 +17,33 @@ Usage::
 from __future__ import annotations
 
 import json
+import logging
 import os
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from rgpl_plugin.docstore import DocStore
 
 from rgpl_adapt.distributed import DistInfo, dist_info
 from rgpl_adapt.encoding import TextEncoder
 from rgpl_adapt.progress import ProgressFactory, silent
 
-__all__ = ["ChunkedResult", "StoreReader", "encode_store", "put_in_chunks"]
+__all__ = ["ChunkedResult", "StoreReader", "copy_documents", "encode_store", "put_in_chunks"]
 
 DEFAULT_CHUNK = 65536
+log = logging.getLogger(__name__)
 
 
-class StoreReader:
-    """Read-only, chunked access to the texts of an embedded store (``docs.sqlite``)."""
-
-    def __init__(self, index_dir: str | os.PathLike) -> None:
-        path = Path(index_dir) / "docs.sqlite"
-        if not path.is_file():
-            raise FileNotFoundError(f"{index_dir} holds no docs.sqlite: build the index first")
-        self._db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False)
-
-    def count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM docs").fetchone()[0])
-
-    def texts(self, start: int, stop: int) -> list[str]:
-        """The texts (title and text, as the encoder sees them) of documents ``start <= ord < stop``."""
-        rows = self._db.execute(
-            "SELECT title, text FROM docs WHERE ord >= ? AND ord < ? ORDER BY ord", (start, stop)
-        ).fetchall()
-        return [f"{title} {text}".strip() if title else text for title, text in rows]
-
-    def ids(self, start: int, stop: int) -> list[str]:
-        rows = self._db.execute("SELECT id FROM docs WHERE ord >= ? AND ord < ? ORDER BY ord", (start, stop))
-        return [r[0] for r in rows]
+class StoreReader(DocStore):
+    """Read-only, chunked access to the texts of a document store (``docs.sqlite``) by insertion order."""
 
     def iter_chunks(self, chunk_size: int) -> Iterator[tuple[int, list[str]]]:
         """``(start, texts)`` for every chunk in order."""
         n = self.count()
         for start in range(0, n, chunk_size):
             yield start, self.texts(start, min(n, start + chunk_size))
-
-    def close(self) -> None:
-        self._db.close()
 
 
 @dataclass(frozen=True)
@@ -77,12 +56,12 @@ class ChunkedResult:
     skipped_chunks: int  # finished by an earlier call
 
 
-def _open_vectors(out: Path, n: int, dim: int, key: str, info: DistInfo) -> np.memmap:
+def _open_vectors(out: Path, n: int, dim: int, key: str, info: DistInfo, chunk_size: int) -> np.memmap:
     from numpy.lib.format import open_memmap
 
     path = out / "vectors.npy"
     meta = out / "meta.json"
-    want = {"count": n, "dim": dim, "key": key}
+    want = {"count": n, "dim": dim, "key": key, "chunk_size": chunk_size}  # done/<c> markers mean chunks of this size
     if path.exists() and meta.exists() and json.loads(meta.read_text()) == want:
         return open_memmap(path, mode="r+")
     if not info.is_main:
@@ -121,7 +100,7 @@ def encode_store(
     reader = StoreReader(index_dir)
     try:
         n = reader.count()
-        vectors = _open_vectors(out, n, dim, key, info)
+        vectors = _open_vectors(out, n, dim, key, info, chunk_size)
         n_chunks = -(-n // chunk_size)
         mine = [c for c in range(n_chunks) if c % info.world == info.rank]
         todo = [c for c in mine if not (out / "done" / str(c)).exists()]
@@ -135,6 +114,7 @@ def encode_store(
                 vectors[start:stop] = emb
                 vectors.flush()  # the vectors are on disk before the chunk is marked done
                 (out / "done" / str(c)).touch()
+                log.info("encoded chunk %d of %d into %s", c, n_chunks, out)
                 bar.update(stop - start)
         del vectors
     finally:
@@ -143,7 +123,14 @@ def encode_store(
 
 
 def put_in_chunks(backend, space: str, index_dir: str | os.PathLike, vectors: Path, chunk_size: int = 10_000) -> int:
-    """Add the memory-mapped ``vectors`` to ``backend``'s ``space`` by store order, a chunk at a time."""
+    """Add the memory-mapped ``vectors`` to ``backend``'s ``space`` by store order, a chunk at a time.
+
+    When ``backend`` is the embedded index whose store was encoded (same folder), the file is
+    adopted whole instead (:meth:`EmbeddedBackend.adopt_vectors`: a block copy, no id list).
+    """
+    adopt, own = getattr(backend, "adopt_vectors", None), getattr(backend, "path", None)
+    if adopt is not None and own is not None and Path(own).resolve() == Path(index_dir).resolve():
+        return adopt(space, vectors)
     vec = np.load(vectors, mmap_mode="r")
     reader = StoreReader(index_dir)
     try:
@@ -154,3 +141,29 @@ def put_in_chunks(backend, space: str, index_dir: str | os.PathLike, vectors: Pa
     finally:
         reader.close()
     return n
+
+
+def copy_documents(documents, store_dir: str | os.PathLike, *, key: str = "", chunk_size: int = 10_000) -> dict:
+    """Stream ``documents`` (e.g. a cluster index's) into a fresh ``store_dir/docs.sqlite``, a chunk at a time.
+
+    Writes and returns ``{"count", "sha"}`` (also ``store_dir/fingerprint.json``): the sha is
+    :func:`rgpl_adapt.cluster.docs_fingerprint` of the documents, computed on the way.
+    """
+    import hashlib
+    import shutil
+
+    from rgpl_plugin.base import batched
+    from rgpl_plugin.docstore import DocStoreWriter
+
+    store_dir = Path(store_dir)
+    shutil.rmtree(store_dir, ignore_errors=True)
+    writer = DocStoreWriter(store_dir / "docs.sqlite", key=key)
+    n, h = 0, hashlib.sha256()
+    for chunk in batched(documents, chunk_size):
+        for d in chunk:
+            h.update(json.dumps([d.id, d.title, d.text]).encode("utf-8"))
+        n += len(writer.append_chunk(chunk))
+    writer.finish()
+    found = {"count": n, "sha": h.hexdigest()[:16]}
+    (store_dir / "fingerprint.json").write_text(json.dumps(found))
+    return found

@@ -106,8 +106,13 @@ def _parse(line: bytes, cfg: CorpusConfig, lineno: int) -> Document | str:
     return Document(id=str(doc_id), text=text.strip(), title=title.strip())
 
 
-def iter_corpus(cfg: CorpusConfig, stats: Counter[str] | None = None) -> Iterator[Document]:
-    """Yield valid documents of ``cfg.path``; skipped records are counted in ``stats``."""
+def iter_corpus(cfg: CorpusConfig, stats: Counter[str] | None = None, *, dedup: bool = True) -> Iterator[Document]:
+    """Yield valid documents of ``cfg.path``; skipped records are counted in ``stats``.
+
+    ``dedup=False`` leaves repeated ids to the consumer (the document store drops them by its
+    ``UNIQUE`` key and counts them), so that reading a corpus of any size keeps no id set in memory;
+    ``cfg.limit`` then counts records yielded, repeats included.
+    """
     stats = stats if stats is not None else Counter()
     seen: set[str] = set()
     kept = 0
@@ -121,10 +126,11 @@ def iter_corpus(cfg: CorpusConfig, stats: Counter[str] | None = None) -> Iterato
                 stats[result] += 1
                 log.debug("corpus line %d skipped: %s", lineno, result)
                 continue
-            if result.id in seen:
-                stats["duplicate_id"] += 1
-                continue
-            seen.add(result.id)
+            if dedup:
+                if result.id in seen:
+                    stats["duplicate_id"] += 1
+                    continue
+                seen.add(result.id)
             kept += 1
             yield result
             if cfg.limit is not None and kept >= cfg.limit:

@@ -100,6 +100,34 @@ def queries_per_passage(n_docs: int, cfg: GenerationConfig) -> int:
     return max(GPL_MIN_PER_PASSAGE, math.ceil(cfg.max_queries / n_docs))
 
 
+def plan_sample(n_docs: int, cfg: GenerationConfig, rng: random.Random | None = None) -> tuple[list[int] | None, int]:
+    """Which passages (by position, sorted) to generate for, and the queries per passage.
+
+    ``None`` means every passage. Only the positions are drawn, so a corpus of any size is planned
+    without loading it (the pipeline then reads the sampled passages from its document store). See
+    :func:`plan_generation` for the rule; both draw the same sample for the same seed.
+    """
+    if n_docs <= 0:
+        return [], cfg.queries_per_passage or GPL_MIN_PER_PASSAGE
+    qpp = queries_per_passage(n_docs, cfg)
+    slack = n_docs - 1 if cfg.queries_per_passage is None else 0
+    if n_docs * qpp <= cfg.max_queries + slack:
+        return None, qpp
+    n_keep = cfg.max_queries // qpp
+    if n_keep < 1:
+        raise ValueError(
+            f"queries_per_passage={qpp} exceeds max_queries={cfg.max_queries}: no passage fits; "
+            "raise max_queries or lower queries_per_passage"
+        )
+    rng = rng if rng is not None else random.Random(cfg.seed)
+    keep = sorted(rng.sample(range(n_docs), n_keep))
+    logger.info(
+        "%d passages x %d queries would exceed max_queries=%d: sampled %d passages (seed %d)",
+        n_docs, qpp, cfg.max_queries, n_keep, cfg.seed,
+    )
+    return keep, qpp
+
+
 def plan_generation(
     documents: Sequence[Document], cfg: GenerationConfig, rng: random.Random | None = None
 ) -> tuple[list[Document], int]:
@@ -113,25 +141,8 @@ def plan_generation(
     explicit ``queries_per_passage`` would exceed the cap.
     """
     docs = list(documents)
-    if not docs:
-        return [], cfg.queries_per_passage or GPL_MIN_PER_PASSAGE
-    qpp = queries_per_passage(len(docs), cfg)
-    slack = len(docs) - 1 if cfg.queries_per_passage is None else 0
-    if len(docs) * qpp <= cfg.max_queries + slack:
-        return docs, qpp
-    n_keep = cfg.max_queries // qpp
-    if n_keep < 1:
-        raise ValueError(
-            f"queries_per_passage={qpp} exceeds max_queries={cfg.max_queries}: no passage fits; "
-            "raise max_queries or lower queries_per_passage"
-        )
-    rng = rng if rng is not None else random.Random(cfg.seed)
-    keep = sorted(rng.sample(range(len(docs)), n_keep))
-    logger.info(
-        "%d passages x %d queries would exceed max_queries=%d: sampled %d passages (seed %d)",
-        len(docs), qpp, cfg.max_queries, n_keep, cfg.seed,
-    )
-    return [docs[i] for i in keep], qpp
+    keep, qpp = plan_sample(len(docs), cfg, rng)
+    return (docs if keep is None else [docs[i] for i in keep]), qpp
 
 
 # --------------------------------------------------------------------------- cleaning (pure)

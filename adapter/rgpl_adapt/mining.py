@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -185,6 +185,10 @@ def _write_corpus_vectors(
     return n
 
 
+CorpusWriter = Callable[[Backend, str, str, TextEncoder], int]
+"""``(backend, space, retriever name, encoder) -> documents written``: puts every document's vector into ``space``."""
+
+
 def _mine_dense(
     name: str,
     encoder: TextEncoder,
@@ -196,20 +200,24 @@ def _mine_dense(
     batch_size: int,
     progress: ProgressFactory,
     exact_budget_s: float = DEFAULT_EXACT_BUDGET_S,
+    write_corpus: CorpusWriter | None = None,
 ) -> tuple[list[list[str]], SearchReport]:
     space = space_name(name)
     if backend.has_vectors(space):
         logger.info("dropping stale scratch space %s left by an earlier run", space)
         backend.drop_vectors(space)
     try:
-        n = _write_corpus_vectors(
-            backend,
-            space,
-            encoder,
-            batch_size=batch_size,
-            desc=f"encoding corpus ({name})",
-            progress=progress,
-        )
+        if write_corpus is not None:
+            n = write_corpus(backend, space, name, encoder)
+        else:
+            n = _write_corpus_vectors(
+                backend,
+                space,
+                encoder,
+                batch_size=batch_size,
+                desc=f"encoding corpus ({name})",
+                progress=progress,
+            )
         logger.info("wrote %d corpus vectors of %s to %s", n, name, space)
         distinct, where = _unique(texts)
         qvecs = np.asarray(encoder.encode(distinct, batch_size, progress=progress), dtype=np.float32)
@@ -233,6 +241,7 @@ def mine_negatives(
     progress: ProgressFactory = silent,
     exact_budget_s: float = DEFAULT_EXACT_BUDGET_S,
     search_reports: dict[str, dict] | None = None,
+    write_corpus: CorpusWriter | None = None,
 ) -> list[NegativePool]:
     """Hard-negative pools for ``queries``: BM25 and each dense retriever's top-``k``, positive removed.
 
@@ -251,6 +260,9 @@ def mine_negatives(
             (:func:`rgpl_adapt.neighbours.plan_search`; vectors on this machine only).
         search_reports: when given, filled with ``{retriever: SearchReport.as_dict()}`` (how each
             dense source was searched: exact or HNSW, the estimate, the measured recall).
+        write_corpus: how a retriever's corpus vectors get into its space; default: encode
+            ``backend.iter_documents()`` in chunks. The pipeline passes one that encodes its document
+            store in resumable, memory-mapped chunks (:func:`rgpl_adapt.chunked.encode_store`).
 
     Returns:
         One :class:`NegativePool` per query, in the order of ``queries``.
@@ -271,7 +283,7 @@ def mine_negatives(
     for name, encoder in retrievers:
         per_source[name], report = _mine_dense(
             name, encoder, backend, queries, texts, k, batch_size=encode_batch_size, progress=progress,
-            exact_budget_s=exact_budget_s,
+            exact_budget_s=exact_budget_s, write_corpus=write_corpus,
         )
         if search_reports is not None:
             search_reports[name] = report.as_dict()

@@ -78,11 +78,11 @@ class SearchReport:
 def _hits(
     ids: Sequence[str], rows: np.ndarray, scores: np.ndarray, counts: np.ndarray | None = None
 ) -> list[list[Hit]]:
-    out = []
-    for i in range(rows.shape[0]):
-        n = rows.shape[1] if counts is None else int(counts[i])
-        out.append([Hit(ids[r], float(s)) for r, s in zip(rows[i, :n].tolist(), scores[i, :n].tolist())])
-    return out
+    valid = [rows.shape[1] if counts is None else int(counts[i]) for i in range(rows.shape[0])]
+    flat = [r for i, n in enumerate(valid) for r in rows[i, :n].tolist()]
+    many = getattr(ids, "many", None)  # an adopted space's ids live in the document store: one lookup
+    names = iter(many(flat) if many is not None else [ids[r] for r in flat])
+    return [[Hit(next(names), float(s)) for s in scores[i, :n].tolist()] for i, n in enumerate(valid)]
 
 
 def exact_search(ids: Sequence[str], matrix: np.ndarray, queries: np.ndarray, k: int) -> list[list[Hit]]:

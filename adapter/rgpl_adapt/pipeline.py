@@ -1,61 +1,63 @@
 """The orchestrator: run the stages in order, each recorded in a manifest.
 
-A run folder holds everything::
+The run folder's layout is described in :mod:`rgpl_adapt.runfolder`. A stage is skipped only when
+its manifest's fingerprint (config of the stage, model ids, the fingerprint of its inputs) matches;
+otherwise it is rebuilt, and everything after it too.
 
-    runs/NAME/
-      config.json                 the AdaptConfig of the run
-      index/                      the embedded backend (BM25 + vector spaces)   [embedded only]
-      queries/    queries.jsonl   generated pseudo queries (+ parts/ while running)
-      negatives/  pools.jsonl     initial hard negatives
-      train/      rounds/ checkpoints/ final/ log.jsonl scores.*
-      export/     sentence-transformers/ onnx/
-      serve/                      manifest of the vectors written back for search
-      report.json                 per-stage timings and statistics
-
-A stage is skipped only when its manifest's fingerprint (config of the stage, model ids, the
-fingerprint of its inputs) matches; otherwise it is rebuilt, and everything after it too.
+No stage holds the corpus in memory. The corpus is read once, as a stream, into the document store
+(``docs.sqlite``: the embedded index's, or a copy of a cluster's documents), in resumable chunks;
+later stages read from it by id or by chunk (:class:`rgpl_plugin.docstore.DocStore`): generation
+reads its seeded sample of passages, mining, remining and serving encode the store chunk by chunk
+into memory-mapped vectors (:mod:`rgpl_adapt.chunked`, resumable per chunk), training loads the
+texts of its triples only. ``chunk_size`` sets the chunk of the store build and of encoding.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
+import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from rgpl_plugin.base import Backend, Document
+from rgpl_plugin.docstore import DocStore
 
+from rgpl_adapt.chunked import DEFAULT_CHUNK
 from rgpl_adapt.config import AdaptConfig, config_hash
 from rgpl_adapt.devices import resolve_device
 from rgpl_adapt.distributed import DistInfo, barrier, init_distributed
+from rgpl_adapt.heldout import (  # noqa: F401 (re-exported: the names' old home)
+    DEFAULT_HYBRID_WEIGHT,
+    MIN_DECIDE,
+    choose_hybrid_weight,
+    holdout_split,
+)
 from rgpl_adapt.manifest import Manifest, invalidate, is_complete, read_manifest, write_manifest
 from rgpl_adapt.progress import ProgressFactory, silent
 from rgpl_adapt.records import GeneratedQuery, NegativePool, read_jsonl, write_jsonl
+from rgpl_adapt.runfolder import (  # noqa: F401 (re-exported: the names' old home)
+    DENSE_SPACE,
+    PipelineError,
+    hybrid_weight_of,
+    load_encoder,
+    open_embedded,
+    read_report,
+)
 
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[str, dict[str, Any]], None]
-DENSE_SPACE = "dense"
-HOLDOUT_MIN = 200  # held-out pseudo queries wanted at least ...
-HOLDOUT_SHARE = 0.05  # ... or this share of them, whichever is more,
-HOLDOUT_MAX = 2000  # bounded,
-HOLDOUT_CAP_SHARE = 0.2  # and never more than this share (small corpora)
-MIN_DECIDE = 50  # fewer held-out queries than this: the hybrid weight falls back to the default
-DEFAULT_HYBRID_WEIGHT = 0.5
 
 
 def _ignore(event: str, info: dict[str, Any]) -> None:
     pass
-
-
-class PipelineError(RuntimeError):
-    """A run cannot go on; the message says what to change."""
 
 
 @dataclass(frozen=True)
@@ -64,16 +66,6 @@ class AdaptResult:
     model_dir: Path
     onnx_dir: Path | None
     report: dict[str, Any]
-
-
-def open_embedded(run_dir: str | os.PathLike) -> Backend:
-    """The embedded backend of a run folder (reopened, never rebuilt)."""
-    from rgpl_plugin.embedded import EmbeddedBackend
-
-    path = Path(run_dir) / "index"
-    if not path.exists():
-        raise PipelineError(f"{run_dir} has no embedded index: run `rgpl-adapt adapt --corpus ... --out {run_dir}` first")
-    return EmbeddedBackend.open(path)
 
 
 class Publisher(Protocol):
@@ -109,11 +101,14 @@ class Pipeline:
         on_event: EventSink = _ignore,
         eval_data: tuple[dict[str, dict[str, int]], dict[str, str]] | None = None,
         reuse_queries: Mapping[str, Sequence[GeneratedQuery]] | None = None,
+        chunk_size: int = DEFAULT_CHUNK,
     ) -> None:
         """``eval_data`` = (qrels, queries) turns on periodic evaluation every ``training.eval_every`` steps.
 
         ``reuse_queries`` maps document ids to queries generated earlier (re-adaptation: documents
         whose content did not change keep their queries; only the others get new ones).
+        ``chunk_size``: documents per resumable chunk of the store build and of corpus encoding
+        (memory holds one chunk; a killed run redoes at most the chunk it was in).
         """
         self.reuse_queries = dict(reuse_queries or {})
         reused = sorted((d, [q.qid for q in qs], [q.text for q in qs]) for d, qs in self.reuse_queries.items())
@@ -129,6 +124,9 @@ class Pipeline:
         self.report: dict[str, Any] = {"stages": {}}
         self._upstream = ""  # fingerprint chain
         self.dist = DistInfo()
+        self.chunk_size = chunk_size
+        self.store: DocStore | None = None  # the documents, once the index stage has run
+        self.store_dir: Path = self.dir / "index"
 
     # ------------------------------------------------------------------ stage plumbing
     def _stage(self, name: str, inputs: dict[str, Any], build: Callable[[Path], dict[str, Any]]) -> Manifest:
@@ -161,37 +159,69 @@ class Pipeline:
         return done
 
     # ------------------------------------------------------------------ stages
-    def _stage_index(self) -> list[Document]:
-        from rgpl_adapt.corpus import fingerprint, read_corpus
+    def _stage_index(self) -> DocStore:
+        """Stream the corpus once into the document store (resumable by chunk); return it."""
+        from rgpl_adapt.corpus import CorpusError, fingerprint, iter_corpus
 
         if self.backend is not None:
-            from rgpl_adapt.cluster import docs_fingerprint
-
-            docs = list(self.backend.iter_documents())
-            self._upstream = f"{self.backend.name}:{len(docs)}:{docs_fingerprint(docs)}"
-            skipped = dict(getattr(getattr(self.backend, "source", self.backend), "skipped", {}) or {})
-            self.report["stages"]["corpus"] = {"documents": len(docs), "backend": self.backend.name, "skipped": skipped}
-            self.emit("corpus_read", {"summary": f"{len(docs)} documents from {self.backend.name}"
-                                      + (f", skipped {skipped}" if skipped else ""), "kept": len(docs), "skipped": skipped})
-            return docs
+            return self._copy_documents()
         if not self.cfg.corpus.path:
             raise PipelineError("no corpus: pass --corpus PATH (a BEIR folder or a JSONL file) or --index NAME")
-        docs, stats = read_corpus(self.cfg.corpus)
-        self.emit("corpus_read", {"summary": stats.summary(), "kept": stats.kept, "skipped": stats.skipped})
-        self.report["stages"]["corpus"] = {"documents": stats.kept, "read": stats.read, "skipped": stats.skipped}
+        corpus_fp = fingerprint(self.cfg.corpus.path, self.cfg.corpus)
 
         def build(stage_dir: Path) -> dict[str, Any]:
             from rgpl_plugin.embedded import EmbeddedBackend
 
-            backend = EmbeddedBackend.create(stage_dir, docs, progress=self.progress, overwrite=True)
+            counts: Counter[str] = Counter()
+            backend = EmbeddedBackend.create(
+                stage_dir, iter_corpus(self.cfg.corpus, counts, dedup=False), progress=self.progress, overwrite=True,
+                resume_key=corpus_fp, chunk_size=self.chunk_size,
+            )
+            n, duplicates, chunks = backend.count(), backend.duplicate_ids, dict(backend.meta.get("build", {}))
             backend.close()
-            return {"documents": len(docs)}
+            read = counts.pop("read", 0)
+            skipped = {k: v for k, v in counts.items() if v} | ({"duplicate_id": duplicates} if duplicates else {})
+            if not n:
+                raise CorpusError(
+                    f"no usable documents in {self.cfg.corpus.path} (read {read} records; skipped: {skipped or 'none'}). "
+                    f"Check --text-field (now {self.cfg.corpus.text_field!r}) and --id-field (now {self.cfg.corpus.id_field!r})."
+                )
+            return {"documents": n, "read": read, "skipped": skipped, "chunks": chunks}
 
-        self._stage("index", {"corpus": fingerprint(self.cfg.corpus.path, self.cfg.corpus)}, build)
+        m = self._stage("index", {"corpus": corpus_fp}, build)
+        kept, skipped = m.outputs["documents"], dict(m.outputs.get("skipped", {}))
+        why = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(skipped.items()))
+        summary = f"{kept} documents" + (f" ({sum(skipped.values())} skipped: {why})" if skipped else "")
+        self.emit("corpus_read", {"summary": summary, "kept": kept, "skipped": skipped})
+        self.report["stages"]["corpus"] = {"documents": kept, "read": m.outputs.get("read", kept), "skipped": skipped}
         self.backend = open_embedded(self.dir)
-        return docs
+        self.store_dir = self.dir / "index"
+        self.store = DocStore(self.store_dir)
+        return self.store
 
-    def _stage_queries(self, docs: list[Document]) -> list[GeneratedQuery]:
+    def _copy_documents(self) -> DocStore:
+        """A given backend (a cluster): its documents streamed once into ``docs/docs.sqlite``.
+
+        The copy is what later stages read texts from (by id, by chunk) instead of holding the
+        index's documents in memory; the fingerprint of the documents is computed on the way.
+        """
+        from rgpl_adapt.chunked import copy_documents
+
+        assert self.backend is not None
+        self.store_dir = self.dir / "docs"
+        if self.dist.is_main:
+            copy_documents(self.backend.iter_documents(), self.store_dir, key=self.backend.name)
+        found = json.loads((self.store_dir / "fingerprint.json").read_text())
+        n = found["count"]
+        self._upstream = f"{self.backend.name}:{n}:{found['sha']}"
+        skipped = dict(getattr(getattr(self.backend, "source", self.backend), "skipped", {}) or {})
+        self.report["stages"]["corpus"] = {"documents": n, "backend": self.backend.name, "skipped": skipped}
+        self.emit("corpus_read", {"summary": f"{n} documents from {self.backend.name}"
+                                  + (f", skipped {skipped}" if skipped else ""), "kept": n, "skipped": skipped})
+        self.store = DocStore(self.store_dir)
+        return self.store
+
+    def _stage_queries(self, store: DocStore) -> list[GeneratedQuery]:
         gc = self.cfg.generation
 
         def build(stage_dir: Path) -> dict[str, Any]:
@@ -199,30 +229,37 @@ class Pipeline:
                 GenerationStats,
                 generate_queries,
                 load_generator,
-                plan_generation,
+                plan_sample,
                 query_key,
             )
 
-            selected, qpp = plan_generation(docs, gc, random.Random(gc.seed))
+            n_docs = store.count()
+            sample, qpp = plan_sample(n_docs, gc, random.Random(gc.seed))  # positions only: read per chunk
+            n_selected = n_docs if sample is None else len(sample)
             parts = stage_dir / "parts"
             parts.mkdir(parents=True, exist_ok=True)
             # Parts finished before an interruption are reused, but only for the same settings.
             pending = stage_dir / "pending.json"
-            key = Manifest.for_inputs("queries-parts", upstream=self._upstream, gen=gc, reused=self._reuse_key).fingerprint
+            # passages per part: a few generation batches, at most the pipeline's chunk (and part of the key)
+            chunk = max(gc.batch_size, min(max(gc.batch_size * 8, 256), self.chunk_size))
+            key = Manifest.for_inputs("queries-parts", upstream=self._upstream, gen=gc, reused=self._reuse_key,
+                                      **({"chunk": chunk} if chunk != max(gc.batch_size * 8, 256) else {})).fingerprint
             if not pending.exists() or json.loads(pending.read_text()).get("key") != key:
                 for old in parts.glob("part-*"):
                     old.unlink()
                 pending.write_text(json.dumps({"key": key}))
-            chunk = max(gc.batch_size * 8, 256)
             generator = None
             reuse = self.reuse_queries
             seen: set[str] = {query_key(q.text) for qs in reuse.values() for q in qs}
             total = GenerationStats()
-            with self.progress(total=len(selected), desc="generating queries", unit="passage") as bar:
-                for i, start in enumerate(range(0, len(selected), chunk)):
+            n_reused = 0
+            with self.progress(total=n_selected, desc="generating queries", unit="passage") as bar:
+                for i, start in enumerate(range(0, n_selected, chunk)):
                     part = parts / f"part-{i:05d}.jsonl"
                     part_stats = part.with_suffix(".stats.json")
-                    piece = selected[start : start + chunk]
+                    stop = min(n_selected, start + chunk)
+                    piece = store.documents(start, stop) if sample is None else store.by_ords(sample[start:stop])
+                    n_reused += sum(len(reuse[d.id]) for d in piece if d.id in reuse)
                     if part.exists() and part_stats.exists():
                         seen.update(query_key(q.text) for q in read_jsonl(part, GeneratedQuery))
                         stats = GenerationStats(**json.loads(part_stats.read_text()))
@@ -241,6 +278,7 @@ class Pipeline:
                         queries = [q for d in piece for q in by_doc.get(d.id, [])]
                         write_jsonl(part, queries)
                         part_stats.write_text(json.dumps(stats.__dict__))
+                        log.info("generated queries part %d (%d passages)", i, len(piece))
                     total = total.merged(stats)
                     bar.update(len(piece))
             merged = [q for part in sorted(parts.glob("part-*.jsonl")) for q in read_jsonl(part, GeneratedQuery)]
@@ -249,7 +287,6 @@ class Pipeline:
                     f"query generation produced no usable query (dropped: {total.dropped}); check the generator model"
                 )
             n = write_jsonl(stage_dir / "queries.jsonl", merged)
-            n_reused = sum(len(reuse[d.id]) for d in selected if d.id in reuse)
             style: dict[str, Any] = {}
             if gc.example_queries:  # how the user's example queries steered generation
                 style["example_queries"] = len(gc.example_queries)
@@ -262,7 +299,7 @@ class Pipeline:
             return {**style,
                 "queries": n,
                 "reused": n_reused,
-                "passages": len(selected),
+                "passages": n_selected,
                 "queries_per_passage": qpp,
                 "generated": total.generated,
                 "dropped": total.dropped,
@@ -299,6 +336,11 @@ class Pipeline:
                 )
                 for name in mc.retrievers
             ]
+            def write_corpus(backend: Backend, space: str, name: str, encoder: Any) -> int:
+                # every document of the store, in resumable chunks into a memory map, then into the space
+                return self._encode_into(encoder, backend, space, stage_dir / "vectors" / space,
+                                         key=f"{self._upstream}:{name}:{config_hash(mc)}", batch_size=mc.encode_batch_size)
+
             pools = mine_negatives(
                 queries,
                 self.backend,
@@ -309,7 +351,9 @@ class Pipeline:
                 progress=self.progress,
                 exact_budget_s=mc.exact_budget_s,
                 search_reports=searches,
+                write_corpus=write_corpus,
             )
+            shutil.rmtree(stage_dir / "vectors", ignore_errors=True)  # the spaces are dropped; free the disk
             n = write_jsonl(stage_dir / "pools.jsonl", pools)
             empty = sum(1 for p in pools if not p.all_ids())
             return {"pools": n, "empty_pools": empty, "sources": ["bm25"] * mc.bm25 + list(mc.retrievers),
@@ -318,14 +362,14 @@ class Pipeline:
         self._stage("negatives", {"mining": mc}, build)
         return list(read_jsonl(self.dir / "negatives" / "pools.jsonl", NegativePool))
 
-    def _stage_train(self, docs, queries, pools, *, resume: bool, restart: bool, stop_after: int | None):
+    def _stage_train(self, queries, pools, *, resume: bool, restart: bool, stop_after: int | None):
         from rgpl_adapt.labeling import ScoreCache, load_teacher
         from rgpl_adapt.training import Trainer, TrainingData
 
         tc = self.cfg.training
         train_q, _ = self._split(queries)
         train_ids = {q.qid for q in train_q}
-        data = TrainingData(queries=train_q, doc_ids=[d.id for d in docs], doc_texts=[d.full_text() for d in docs])
+        data = TrainingData(queries=train_q, store=self.store_dir, chunk_size=self.chunk_size)  # texts read by id
         pools = [p for p in pools if p.qid in train_ids]
 
         def build(stage_dir: Path) -> dict[str, Any]:
@@ -377,21 +421,20 @@ class Pipeline:
         self._stage("train", {"training": tc, "remine": self.cfg.remine, "labels": self.cfg.labels}, build)
         return self.dir / "train" / "final"
 
-    def _stage_export(self, model_dir: Path, docs: list[Document]) -> Path:
+    def _stage_export(self, model_dir: Path, store: DocStore) -> Path:
         ec = self.cfg.export
 
         def build(stage_dir: Path) -> dict[str, Any]:
             from rgpl_adapt.export import export_model
 
-            rng = random.Random(0)
-            samples = [d.full_text() for d in rng.sample(docs, min(32, len(docs)))]
+            samples = [d.full_text() for d in store.by_ords(store.sample_ords(32, random.Random(0)))]
             res = export_model(str(model_dir), stage_dir, ec, sample_texts=samples, progress=self.progress)
             return {k: (str(v) if isinstance(v, Path) else v) for k, v in res.__dict__.items()}
 
         self._stage("export", {"export": ec}, build)
         return self.dir / "export"
 
-    def _stage_serve(self, export_dir: Path, docs: list[Document], queries: list[GeneratedQuery]) -> dict[str, Any]:
+    def _stage_serve(self, export_dir: Path, queries: list[GeneratedQuery]) -> dict[str, Any]:
         def build(stage_dir: Path) -> dict[str, Any]:
             from rgpl_plugin.base import batched
 
@@ -420,13 +463,17 @@ class Pipeline:
         return m.outputs
 
     def _encode_store(self, encoder, stage_dir: Path) -> int:
-        """Encode the embedded store chunk by chunk into stage_dir/vectors (a kill resumes), then serve them."""
+        """Encode the store chunk by chunk into stage_dir/vectors (a kill resumes), then serve them."""
+        return self._encode_into(encoder, self.backend, DENSE_SPACE, stage_dir / "vectors", key=self._upstream or "")
+
+    def _encode_into(self, encoder, backend: Backend, space: str, out: Path, *, key: str, batch_size: int = 64) -> int:
+        """Every document of the store encoded in resumable chunks into ``out`` (a memory map), then put into ``space``."""
         from rgpl_adapt.chunked import encode_store, put_in_chunks
 
         dim = int(encoder.encode(["dimension probe"], batch_size=1).shape[1])
-        res = encode_store(encoder, self.dir / "index", stage_dir / "vectors", dim=dim, key=self._upstream or "",
-                           info=DistInfo(), progress=self.progress)
-        return put_in_chunks(self.backend, DENSE_SPACE, self.dir / "index", res.path)
+        res = encode_store(encoder, self.store_dir, out, dim=dim, key=key, info=DistInfo(), progress=self.progress,
+                           chunk_size=self.chunk_size, batch_size=batch_size)
+        return put_in_chunks(backend, space, self.store_dir, res.path)
 
     # ------------------------------------------------------------------ public
     def run(self, *, resume: bool = False, restart: bool = False, stop_after: int | None = None) -> AdaptResult:
@@ -438,18 +485,18 @@ class Pipeline:
             self.dir.mkdir(parents=True, exist_ok=True)
             (self.dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
         t0 = time.perf_counter()
-        docs = self._stage_index()
-        if len(docs) < 2:
+        store = self._stage_index()
+        if store.count() < 2:
             raise PipelineError("the corpus needs at least 2 documents (a positive and a negative)")
-        queries = self._stage_queries(docs)
+        queries = self._stage_queries(store)
         pools = self._stage_negatives(queries)
         if self.dist.is_main:
             barrier(self.dist)
-        model_dir = self._stage_train(docs, queries, pools, resume=resume, restart=restart, stop_after=stop_after)
+        model_dir = self._stage_train(queries, pools, resume=resume, restart=restart, stop_after=stop_after)
         if not self.dist.is_main:  # export, serving and publishing are rank 0's
             return AdaptResult(self.dir, model_dir, None, self.report)
-        export_dir = self._stage_export(model_dir, docs)
-        served = self._stage_serve(export_dir, docs, queries)
+        export_dir = self._stage_export(model_dir, store)
+        served = self._stage_serve(export_dir, queries)
         if self.publisher is not None:
             self.report["cluster"] = {**self.publisher.describe(), **served.get("cluster", {})}
         self.report["seconds"] = round(time.perf_counter() - t0, 3)
@@ -457,96 +504,3 @@ class Pipeline:
         (self.dir / "report.json").write_text(json.dumps(self.report, indent=2, default=str))
         onnx_dir = export_dir / "onnx" if (export_dir / "onnx").exists() else None
         return AdaptResult(self.dir, export_dir / "sentence-transformers", onnx_dir, self.report)
-
-
-def holdout_split(queries: Sequence[GeneratedQuery], seed: int) -> tuple[list[GeneratedQuery], list[GeneratedQuery]]:
-    """Training queries and a held-out set for the hybrid weight and promotion checks, split by passage.
-
-    Every query of a held-out passage is held out, so no held-out positive is ever trained on (a split
-    by query leaked: other queries of the same passage trained the student towards it). The target is
-    max(HOLDOUT_MIN queries, HOLDOUT_SHARE of them), bounded by HOLDOUT_MAX and by HOLDOUT_CAP_SHARE of
-    the queries so that small corpora keep most for training. Deterministic for (queries, seed):
-    re-adaptation uses it to compare models on the same queries.
-    """
-    by_doc: dict[str, list[int]] = {}
-    for i, q in enumerate(queries):
-        by_doc.setdefault(q.doc_id, []).append(i)
-    target = min(max(HOLDOUT_MIN, math.ceil(HOLDOUT_SHARE * len(queries))), HOLDOUT_MAX,
-                 int(HOLDOUT_CAP_SHARE * len(queries)))
-    docs = sorted(by_doc)
-    random.Random(seed).shuffle(docs)
-    hold: set[int] = set()
-    for doc in docs:
-        if len(hold) + len(by_doc[doc]) > target:
-            continue  # a passage whose queries would overshoot; a smaller one may still fit
-        hold.update(by_doc[doc])
-        if len(hold) >= target:
-            break
-    return [q for i, q in enumerate(queries) if i not in hold], [q for i, q in enumerate(queries) if i in hold]
-
-
-def load_encoder(export_dir: str | os.PathLike, prefer_onnx: bool = True):
-    """The exported model as a TextEncoder: ONNX when exported, else the torch model."""
-    export_dir = Path(export_dir)
-    if prefer_onnx and (export_dir / "onnx" / "model.onnx").exists():
-        from rgpl_adapt.onnx_encoder import OnnxEncoder
-
-        return OnnxEncoder(export_dir / "onnx")
-    from rgpl_adapt.encoding import SentenceTransformerEncoder
-    from rgpl_adapt.models import load_sentence_transformer
-
-    return SentenceTransformerEncoder(load_sentence_transformer(str(export_dir / "sentence-transformers")))
-
-
-def choose_hybrid_weight(backend: Backend, encoder, held_out: list[GeneratedQuery], k: int = 10) -> dict[str, Any]:
-    """Pick the dense weight of min-max hybrid search by MRR@10 on held-out pseudo queries.
-
-    Each held-out query's positive is the passage it was generated from, never trained on (the split
-    is by passage). With fewer than MIN_DECIDE held-out queries the sweep is still reported but the
-    weight is the documented default 0.5, and the reason says so. The confidence of a choice is the
-    MRR gap between the best weight and the runner-up, with the number of queries it rests on.
-    """
-    if not held_out:
-        return {"hybrid_weight": DEFAULT_HYBRID_WEIGHT, "hybrid_weight_reason": "default (no held-out queries)",
-                "hybrid_heldout_queries": 0}
-    texts = [q.text for q in held_out]
-    vecs = encoder.encode(texts, batch_size=64)
-    sweep: dict[str, float] = {}
-    for w in [i / 10 for i in range(11)]:
-        results = backend.hybrid_search(DENSE_SPACE, texts, vecs, k, weight=w, method="min_max")
-        rr = 0.0
-        for q, hits in zip(held_out, results):
-            for rank, hit in enumerate(hits, 1):
-                if hit.doc_id == q.doc_id:
-                    rr += 1.0 / rank
-                    break
-        sweep[f"{w:.1f}"] = round(rr / len(held_out), 4)
-    ranked = sorted(sweep, key=lambda key: (sweep[key], -abs(float(key) - 0.5)), reverse=True)
-    best, runner_up = ranked[0], ranked[1]
-    gap = round(sweep[best] - sweep[runner_up], 4)
-    out = {"hybrid_sweep_mrr": sweep, "hybrid_heldout_queries": len(held_out), "hybrid_weight_gap": gap,
-           "hybrid_weight_runner_up": float(runner_up)}
-    if len(held_out) < MIN_DECIDE:
-        out.update(hybrid_weight=DEFAULT_HYBRID_WEIGHT,
-                   hybrid_weight_reason=(f"default {DEFAULT_HYBRID_WEIGHT}: only {len(held_out)} held-out pseudo "
-                                         f"queries (< {MIN_DECIDE}), too few to choose (the sweep's best was {best})"))
-        return out
-    out.update(hybrid_weight=float(best),
-               hybrid_weight_reason=(f"best MRR@{k} {sweep[best]:.4f} on {len(held_out)} held-out pseudo queries "
-                                     f"(runner-up {runner_up}: {gap:+.4f} behind)"))
-    return out
-
-
-def read_report(run_dir: str | os.PathLike) -> dict[str, Any]:
-    path = Path(run_dir) / "report.json"
-    if not path.exists():
-        raise PipelineError(f"{run_dir} has no report.json: the adaptation has not finished")
-    return json.loads(path.read_text())
-
-
-def hybrid_weight_of(run_dir: str | os.PathLike) -> float:
-    m = read_manifest(Path(run_dir) / "serve")
-    if m is None:
-        return 0.5
-    w = m.outputs.get("hybrid_weight", 0.5)
-    return 0.5 if w is None or (isinstance(w, float) and math.isnan(w)) else float(w)

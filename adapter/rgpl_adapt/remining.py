@@ -9,8 +9,10 @@ meeting the passages it now confuses.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rgpl_adapt.encoding import encode_texts
@@ -53,6 +55,10 @@ def remine(
     progress: ProgressFactory = silent,
     autocast_bf16: bool = False,
     exact_budget_s: float = DEFAULT_EXACT_BUDGET_S,
+    store: str | os.PathLike | None = None,
+    work_dir: str | os.PathLike | None = None,
+    chunk_size: int = 65536,
+    key: str = "",
 ) -> RemineResult:
     """Encode the corpus with ``student``, search it for every query, return the new pools.
 
@@ -61,16 +67,36 @@ def remine(
     ``autocast_bf16`` encodes under bfloat16 autocast (see :func:`rgpl_adapt.encoding.encode_texts`).
     ``exact_budget_s``: exact top-k unless it is estimated to take longer, then HNSW with measured
     recall (:mod:`rgpl_adapt.neighbours`); the result's ``search`` says which.
+
+    With a document ``store`` (a folder with ``docs.sqlite``; ``doc_ids``/``doc_texts`` are then
+    ignored) the corpus is encoded in resumable chunks into ``work_dir/vectors`` (a memory map;
+    :func:`rgpl_adapt.chunked.encode_store`, ``key`` names the student, e.g. its checkpoint), so a
+    kill during remining continues after the last finished chunk and memory holds one chunk. The
+    caller removes ``work_dir/vectors`` once the round is recorded (a kill while labelling reuses it).
     """
     space = space_name(round_index)
-    doc_vecs = encode_texts(
-        student, doc_texts, batch_size, normalize=normalize, progress=progress, desc=f"remine r{round_index}: corpus",
-        autocast_bf16=autocast_bf16,
-    )
-    backend.drop_vectors(space)
-    for start in range(0, len(doc_ids), 10_000):
-        backend.put_vectors(space, doc_ids[start : start + 10_000], doc_vecs[start : start + 10_000])
-    del doc_vecs
+    if store is not None:
+        from rgpl_adapt.chunked import encode_store, put_in_chunks
+        from rgpl_adapt.distributed import DistInfo
+        from rgpl_adapt.encoding import SentenceTransformerEncoder, embedding_dim
+
+        if work_dir is None:
+            raise ValueError("remine(store=...) needs work_dir, the folder of the resumable vector chunks")
+        out = Path(work_dir) / "vectors"
+        encoder = SentenceTransformerEncoder(student, normalize=normalize, autocast_bf16=autocast_bf16)
+        res = encode_store(encoder, store, out, dim=embedding_dim(student), key=key, chunk_size=chunk_size,
+                           batch_size=batch_size, info=DistInfo(), progress=progress)
+        backend.drop_vectors(space)
+        put_in_chunks(backend, space, store, res.path)
+    else:
+        doc_vecs = encode_texts(
+            student, doc_texts, batch_size, normalize=normalize, progress=progress,
+            desc=f"remine r{round_index}: corpus", autocast_bf16=autocast_bf16,
+        )
+        backend.drop_vectors(space)
+        for start in range(0, len(doc_ids), 10_000):
+            backend.put_vectors(space, doc_ids[start : start + 10_000], doc_vecs[start : start + 10_000])
+        del doc_vecs
     q_vecs = encode_texts(
         student,
         [q.text for q in queries],

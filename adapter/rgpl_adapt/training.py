@@ -63,15 +63,24 @@ class TrainResult:
 
 @dataclass
 class TrainingData:
-    """What the trainer needs besides models: queries, their positives and the passage texts."""
+    """What the trainer needs besides models: queries, their positives and the passage texts.
+
+    Either the passages in memory (``doc_ids`` and ``doc_texts``: small corpora, tests) or a
+    document ``store`` (a folder with ``docs.sqlite``): then only the texts of each round's triples
+    are read, and remining encodes the store in resumable chunks of ``chunk_size`` into a memory map.
+    """
 
     queries: list[GeneratedQuery]
-    doc_ids: list[str]
-    doc_texts: list[str]
+    doc_ids: list[str] = field(default_factory=list)
+    doc_texts: list[str] = field(default_factory=list)
+    store: str | os.PathLike | None = None
+    chunk_size: int = 65536
 
     def __post_init__(self) -> None:
+        from rgpl_plugin.docstore import TextsById
+
         self.query_text = {q.qid: q.text for q in self.queries}
-        self.text_of = dict(zip(self.doc_ids, self.doc_texts))
+        self.text_of: Any = TextsById(self.store) if self.store is not None else dict(zip(self.doc_ids, self.doc_texts))
 
 
 def round_bounds(total_steps: int, every: int) -> list[tuple[int, int]]:
@@ -174,6 +183,8 @@ class Trainer:
             if not is_complete(rdir, expected):
                 raise TrainingError(f"rank {self.dist.rank}: round {r} was not prepared by rank 0 in {rdir}")
             labeled = list(read_jsonl(rdir / "triples.jsonl", LabeledTriple))
+        if hasattr(self.data.text_of, "load"):  # a document store: hold the texts of this round's triples only
+            self.data.text_of.load(d for t in labeled for d in (t.pos_id, t.neg_id))
         return labeled
 
     def _build_round(
@@ -203,6 +214,10 @@ class Trainer:
                 # (bench/remine_cost.py); rule in rgpl_adapt.encoding.encode_precision
                 autocast_bf16=encode_precision(self.tc.precision, self.device) == "bf16",
                 exact_budget_s=self.cfg.remine.exact_budget_s,
+                store=self.data.store,
+                work_dir=rdir,
+                chunk_size=self.data.chunk_size,
+                key=f"{self.fingerprint}:r{r}:{start}",  # the checkpoint at the round's first step encodes
             )
             pools = result.pools
             info.update(churn=result.churn, remine_seconds=time.perf_counter() - t0, search=result.search)
@@ -226,6 +241,7 @@ class Trainer:
         info.update(margin_stats(labeled))
         info.update({f"cache_{k}": v for k, v in self.cache.stats().items()})
         write_manifest(rdir, expected, info)
+        shutil.rmtree(rdir / "vectors", ignore_errors=True)  # remining's resumable chunks, no longer needed
         self._log({"event": "round", **info})
         return labeled
 

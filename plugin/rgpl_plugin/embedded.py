@@ -35,6 +35,7 @@ import numpy as np
 from rgpl_adapt.progress import ProgressFactory, silent
 
 from rgpl_plugin.base import BackendError, Document, FusionMethod, Hit, batched
+from rgpl_plugin.docstore import DocStoreWriter
 from rgpl_plugin.fusion import fuse
 from rgpl_plugin.vectors import DEFAULT_HNSW_THRESHOLD, VectorStore, check_space_name
 
@@ -47,6 +48,7 @@ TOKENIZER_NAME = "rgpl_en_stem"
 _SEARCH_FIELDS = ("title", "text")
 _WRITER_HEAP = 128_000_000
 _SQL_CHUNK = 500
+BUILD_CHUNK = 50_000  # documents per committed (resumable) build chunk
 
 
 @functools.cache
@@ -119,8 +121,7 @@ class EmbeddedBackend:
         self._schema = self._index.schema
         uri = (self.path / "docs.sqlite").resolve().as_uri() + "?mode=ro"
         self._db: sqlite3.Connection | None = sqlite3.connect(uri, uri=True, check_same_thread=False)
-        self._ids: list[str] | None = None
-        self._vectors = VectorStore(self.path / "vectors", hnsw_threshold=hnsw_threshold)
+        self._vectors = VectorStore(self.path / "vectors", hnsw_threshold=hnsw_threshold, resolve_rows=self.ids_of_ords)
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -132,6 +133,8 @@ class EmbeddedBackend:
         progress: ProgressFactory = silent,
         overwrite: bool = False,
         hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD,
+        resume_key: str | None = None,
+        chunk_size: int = BUILD_CHUNK,
     ) -> EmbeddedBackend:
         """Index ``documents`` into a new folder ``path`` and return the opened backend.
 
@@ -139,6 +142,12 @@ class EmbeddedBackend:
         folder that is not an index. The build happens in a sibling temp folder that replaces
         ``path`` only once complete, so a failed build leaves an old index intact. A repeated
         document id keeps its first document; the others are counted in ``duplicate_ids``.
+
+        ``documents`` is consumed as a stream, ``chunk_size`` documents at a time (memory holds one
+        chunk). With ``resume_key`` (a fingerprint of the input) the build is resumable: the temp
+        folder is ``.<name>.building``, each chunk is committed to SQLite and tantivy, and a build
+        killed at any point continues after its last finished chunk when called again with the same
+        key and the same input (a different key starts over).
         """
         path = Path(path)
         if path.exists():
@@ -154,12 +163,15 @@ class EmbeddedBackend:
                     "into it, choose another folder"
                 )
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.building-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
+        if resume_key is None:
+            tmp = path.parent / f".{path.name}.building-{os.getpid()}"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        else:
+            tmp = path.parent / f".{path.name}.building"
+        tmp.mkdir(exist_ok=True)
         try:
-            count, duplicates = _build(tmp, documents, progress)
+            count, duplicates, build = _build(tmp, documents, progress, key=resume_key or "", chunk_size=chunk_size)
             _write_meta(
                 tmp,
                 {
@@ -170,11 +182,13 @@ class EmbeddedBackend:
                     "tokenizer": "en_stem (simple, remove_long 40, lowercase, english stemmer)",
                     "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "spaces": {},
+                    "build": build,
                 },
             )
             _swap_into_place(tmp, path)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if resume_key is None:  # a resumable build keeps its finished chunks for the next call
+                shutil.rmtree(tmp, ignore_errors=True)
             raise
         if duplicates:
             logger.warning("%d documents with an already-seen id were skipped (first one kept)", duplicates)
@@ -239,10 +253,13 @@ class EmbeddedBackend:
             raise KeyError(f"{len(missing)} unknown document id(s) in {self.path}, e.g. {missing[:5]}")
         return [found[i] for i in ids]
 
-    def _id_by_ord(self) -> list[str]:
-        if self._ids is None:
-            self._ids = [r[0] for r in self._conn().execute("SELECT id FROM docs ORDER BY ord")]
-        return self._ids
+    def ids_of_ords(self, ords: Sequence[int]) -> list[str]:
+        """The id of each ord (insertion position), looked up in SQLite: no id list is held in memory."""
+        found: dict[int, str] = {}
+        for chunk in batched(dict.fromkeys(int(o) for o in ords), _SQL_CHUNK):
+            marks = ",".join("?" * len(chunk))
+            found.update(self._conn().execute(f"SELECT ord, id FROM docs WHERE ord IN ({marks})", chunk))
+        return [found[int(o)] for o in ords]
 
     # ------------------------------------------------------------------- BM25
     def analyze(self, text: str) -> list[str]:
@@ -257,7 +274,6 @@ class EmbeddedBackend:
             raise TypeError("queries must be a sequence of strings, not one string; wrap it in a list")
         tv = _tantivy()
         searcher = self._index.searcher()
-        ids = self._id_by_ord()
         out: list[list[Hit]] = []
         for text in queries:
             if not isinstance(text, str):
@@ -276,7 +292,8 @@ class EmbeddedBackend:
             result = searcher.search(query, k, count=False)
             addresses = [address for _, address in result.hits]
             ords = searcher.fast_field_values("ord", addresses) if addresses else []
-            out.append([Hit(ids[o], float(score)) for (score, _), o in zip(result.hits, ords)])
+            ids = self.ids_of_ords(ords) if addresses else []
+            out.append([Hit(i, float(score)) for (score, _), i in zip(result.hits, ids)])
         return out
 
     # ---------------------------------------------------------------- vectors
@@ -289,6 +306,18 @@ class EmbeddedBackend:
             if spaces.get(space) != {"dim": dim}:
                 spaces[space] = {"dim": dim}
                 _write_meta(self.path, self.meta)
+
+    def adopt_vectors(self, space: str, vectors_file: str | os.PathLike) -> int:
+        """Make ``vectors_file`` (a float32 ``.npy``, row i = the document at ord i, every document) the
+        whole of ``space``: copied in blocks, ids resolved by ord (none held). Returns the count."""
+        n = self._vectors.adopt(space, vectors_file)
+        if n != self.count():
+            self._vectors.drop(space)
+            raise ValueError(f"{vectors_file} has {n} rows for {self.count()} documents; encode the whole store")
+        dim = int(np.load(self.path / "vectors" / space / "vectors.npy", mmap_mode="r").shape[1])
+        self.meta.setdefault("spaces", {})[space] = {"dim": dim}
+        _write_meta(self.path, self.meta)
+        return n
 
     def knn_search(self, space: str, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """Top-``k`` inner-product neighbours; exact up to ``hnsw_threshold`` vectors, else HNSW."""
@@ -352,48 +381,60 @@ class EmbeddedBackend:
         return f"EmbeddedBackend({str(self.path)!r}, docs={self.meta.get('doc_count')})"
 
 
-def _build(folder: Path, documents: Iterable[Document], progress: ProgressFactory) -> tuple[int, int]:
-    """Write tantivy/ and docs.sqlite into ``folder``; return (documents indexed, duplicates skipped)."""
+def _build(
+    folder: Path, documents: Iterable[Document], progress: ProgressFactory, *, key: str, chunk_size: int
+) -> tuple[int, int, dict[str, int]]:
+    """Write (or continue) tantivy/ and docs.sqlite in ``folder``, a chunk at a time.
+
+    SQLite is the record of progress (:class:`rgpl_plugin.docstore.DocStoreWriter`): a chunk is
+    committed there first, then added to tantivy and committed. Tantivy commits are atomic, so
+    after a kill it holds the first ``m`` ords for some ``m`` <= the SQLite count; the missing ords
+    are re-added from SQLite before new input is read. Returns (documents, duplicates, build info).
+    """
     tv = _tantivy()
-    (folder / "tantivy").mkdir()
-    index = tv.Index(_schema(), path=str(folder / "tantivy"))
+    tantivy_dir = folder / "tantivy"
+    if not key:
+        (folder / "docs.sqlite").unlink(missing_ok=True)
+    store = DocStoreWriter(folder / "docs.sqlite", key=key)  # another key (input) empties it
+    resumed = store.resumed
+    if resumed.chunks and (tantivy_dir / "meta.json").exists():
+        index = tv.Index.open(str(tantivy_dir))
+    else:  # nothing to continue: a fresh BM25 index
+        shutil.rmtree(tantivy_dir, ignore_errors=True)
+        tantivy_dir.mkdir()
+        index = tv.Index(_schema(), path=str(tantivy_dir))
     index.register_tokenizer(TOKENIZER_NAME, english_analyzer())
+    index.reload()
+    in_tantivy = index.searcher().num_docs
+    if in_tantivy > resumed.docs:  # cannot happen with the commit order above; never serve a mixed index
+        raise BackendError(f"{folder}: tantivy holds {in_tantivy} documents, SQLite {resumed.docs}; delete {folder}")
     writer = index.writer(_WRITER_HEAP, 0)
-    db = sqlite3.connect(folder / "docs.sqlite")
-    db.execute("PRAGMA journal_mode=OFF")
-    db.execute("PRAGMA synchronous=OFF")
-    db.execute(
-        "CREATE TABLE docs (ord INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, title TEXT NOT NULL, text TEXT NOT NULL)"
-    )
-    seen: set[str] = set()
-    n = duplicates = 0
+
+    def add(rows: Sequence[tuple[int, str, str, str]]) -> None:
+        for ord_, doc_id, title, text in rows:
+            td = tv.Document()
+            td.add_text("id", doc_id)
+            td.add_text("title", title)
+            td.add_text("text", text)
+            td.add_unsigned("ord", ord_)
+            writer.add_document(td)
+        writer.commit()
+
+    for start in range(in_tantivy, resumed.docs, chunk_size):  # catch up after a kill between the two commits
+        add(store.rows(start, min(resumed.docs, start + chunk_size)))
     total = len(documents) if hasattr(documents, "__len__") else None  # type: ignore[arg-type]
+    built = 0
     with progress(total=total, desc="indexing documents", unit="doc") as bar:
-        for batch in batched(documents, 1000):
-            rows = []
-            for doc in batch:
-                if not isinstance(doc.id, str) or not isinstance(doc.text, str):
-                    raise TypeError(f"documents need a str id and text, got {doc!r:.200}")
-                if doc.id in seen:
-                    duplicates += 1
-                    continue
-                seen.add(doc.id)
-                title = doc.title or ""
-                td = tv.Document()
-                td.add_text("id", doc.id)
-                td.add_text("title", title)
-                td.add_text("text", doc.text)
-                td.add_unsigned("ord", n)
-                writer.add_document(td)
-                rows.append((n, doc.id, title, doc.text))
-                n += 1
-            db.executemany("INSERT INTO docs VALUES (?, ?, ?, ?)", rows)
-            bar.update(len(batch))
-    writer.commit()
+        bar.update(resumed.consumed)
+        for n_read, rows in store.append(documents, chunk_size):
+            add(rows)
+            logger.info("indexed chunk %d (%d documents) into %s", resumed.chunks + built, len(rows), folder)
+            built += 1
+            bar.update(n_read)
     writer.wait_merging_threads()
-    db.commit()
-    db.close()
-    return n, duplicates
+    point = store.finish()
+    return point.docs, point.duplicates, {"chunks": point.chunks, "chunks_resumed": resumed.chunks,
+                                          "chunks_built": built, "chunk_size": chunk_size}
 
 
 def _swap_into_place(built: Path, path: Path) -> None:

@@ -7,6 +7,9 @@ Layout of one space under ``<root>/<space>/``::
     seg-000001.npy      vectors written by a later put() and not yet merged
     seg-000001.ids.json
     hnsw.usearch        HNSW graph over vectors.npy (only above ``hnsw_threshold`` rows)
+    rows.json           instead of ids.json for a space *adopted* from a file whose row i is the
+                        document at ord i of the store (:meth:`VectorStore.adopt`): ids are then
+                        looked up by ord for the hits only, so no id list of the corpus is held
 
 ``put`` only appends a segment (cheap, so the pipeline can write in many batches); the first
 search afterwards merges segments into ``vectors.npy`` (a later vector replaces an earlier one
@@ -35,6 +38,7 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,19 +124,46 @@ def exact_topk(
     return rows_out, scores_out
 
 
+class _RowIds:
+    """The ids of an adopted space (row i = store ord i): looked up on demand, never held in memory."""
+
+    def __init__(self, count: int, resolve: Callable[[Sequence[int]], list[str]]) -> None:
+        self.count = count
+        self.many = resolve
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, row: int) -> str:
+        return self.many([row])[0]
+
+
 @dataclass
 class _Loaded:
-    ids: list[str]
+    ids: list[str] | _RowIds
     matrix: np.ndarray
     hnsw: Any = None
+
+    def ids_of(self, rows: Sequence[int]) -> list[str]:
+        if isinstance(self.ids, _RowIds):
+            return self.ids.many(rows)
+        return [self.ids[r] for r in rows]
 
 
 class VectorStore:
     """All vector spaces of one index folder (``<index>/vectors``)."""
 
-    def __init__(self, root: Path, *, hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD,
+        resolve_rows: Callable[[Sequence[int]], list[str]] | None = None,
+    ) -> None:
+        """``resolve_rows`` maps store ords to ids; it enables :meth:`adopt` (the embedded backend passes it)."""
         self.root = Path(root)
         self.hnsw_threshold = hnsw_threshold
+        self.resolve_rows = resolve_rows
         self._cache: dict[str, _Loaded] = {}
         self._warned_no_usearch = False
 
@@ -192,6 +223,29 @@ class VectorStore:
         _atomic_save_npy(folder / f"seg-{n:06d}.npy", vectors)
         self._cache.pop(space, None)
 
+    def adopt(self, space: str, vectors_file: str | os.PathLike) -> int:
+        """Make a finished ``(n, dim)`` float32 ``.npy`` whose row i is the store's document at ord i the
+        whole of ``space`` (replacing it); returns n.
+
+        The file is copied in blocks (memory stays flat; the source may be a memory map still in use)
+        and the ids are not written: hits are resolved by ord through ``resolve_rows``.
+        """
+        if self.resolve_rows is None:
+            raise ValueError("this VectorStore cannot adopt: it was opened without resolve_rows (a document store)")
+        src = np.load(vectors_file, mmap_mode="r")
+        if src.ndim != 2 or src.dtype != np.float32:
+            raise ValueError(f"{vectors_file} must hold a 2-d float32 matrix, got {src.dtype} {src.shape}")
+        n = int(src.shape[0])
+        del src
+        self.drop(space)
+        folder = self.root / check_space_name(space)
+        folder.mkdir(parents=True)
+        tmp = folder / "vectors.npy.tmp"
+        shutil.copyfile(vectors_file, tmp)
+        os.replace(tmp, folder / "vectors.npy")
+        _atomic_write_json(folder / "rows.json", {"rows": "ord", "count": n})
+        return n
+
     def _dim_on_disk(self, folder: Path) -> int | None:
         for path in [folder / "vectors.npy", *sorted(folder.glob("seg-*.npy"))]:
             if path.exists():
@@ -204,7 +258,7 @@ class VectorStore:
         if not segments:
             return
         if (folder / "vectors.npy").exists():
-            ids: list[str] = json.loads((folder / "ids.json").read_text())
+            ids: list[str] = self._ids_on_disk(folder)
             base = np.load(folder / "vectors.npy", mmap_mode="r")
         else:
             ids, base = [], None
@@ -231,10 +285,19 @@ class VectorStore:
         del base
         _atomic_save_npy(folder / "vectors.npy", matrix)
         _atomic_write_json(folder / "ids.json", ids)
+        (folder / "rows.json").unlink(missing_ok=True)  # an adopted space written to again: ids are now listed
         for seg in segments:
             seg.unlink()
             _ids_path(seg).unlink()
         (folder / "hnsw.usearch").unlink(missing_ok=True)
+
+    def _ids_on_disk(self, folder: Path) -> list[str]:
+        rows = folder / "rows.json"
+        if rows.exists() and not (folder / "ids.json").exists():
+            if self.resolve_rows is None:
+                raise ValueError(f"{folder} is an adopted space: open it with resolve_rows (its document store)")
+            return self.resolve_rows(range(json.loads(rows.read_text())["count"]))
+        return json.loads((folder / "ids.json").read_text())
 
     # ----------------------------------------------------------------- search
     def _load(self, space: str) -> _Loaded:
@@ -244,7 +307,13 @@ class VectorStore:
         if not folder.is_dir():
             raise KeyError(f"vector space {space!r} does not exist; put_vectors() into it first")
         self._merge(folder)
-        ids = json.loads((folder / "ids.json").read_text())
+        rows = folder / "rows.json"
+        if rows.exists():
+            if self.resolve_rows is None:
+                raise ValueError(f"{folder} is an adopted space: open it with resolve_rows (its document store)")
+            ids: list[str] | _RowIds = _RowIds(json.loads(rows.read_text())["count"], self.resolve_rows)
+        else:
+            ids = json.loads((folder / "ids.json").read_text())
         # exact spaces are scanned whole on every search: keep them in RAM; HNSW spaces only
         # read candidate rows for rescoring, so a memory map is enough
         mmap_mode = "r" if len(ids) > self.hnsw_threshold else None
@@ -305,25 +374,22 @@ class VectorStore:
         if queries.shape[0] == 0 or not loaded.ids:
             return [[] for _ in range(queries.shape[0])]
         index = self._hnsw(space, loaded) if len(loaded.ids) > self.hnsw_threshold else None
-        ids = loaded.ids
         if index is None:
             rows, scores = exact_topk(loaded.matrix, queries, k)
-            return [[Hit(ids[r], s) for r, s in zip(rr, ss)]
-                    for rr, ss in zip(rows.tolist(), scores.tolist())]
-        kk = min(k, len(ids))
-        if queries.shape[0] == 1:  # serving: one query, no batch bookkeeping
+            counts = np.full(len(queries), rows.shape[1])
+        elif queries.shape[0] == 1:  # serving: one query, no batch bookkeeping
+            kk = min(k, len(loaded.ids))
             keys = index.search(queries[0], HNSW_OVERSAMPLE * kk).keys
-            rows, scores = _rescore(loaded.matrix, queries[0], keys, kk)
-            return [[Hit(ids[r], s) for r, s in zip(rows, scores)]]
-        # one thread per query, at most the cores: usearch starts its threads on every call
-        matches = index.search(queries, HNSW_OVERSAMPLE * kk, threads=min(len(queries), os.cpu_count() or 1))
-        keys = np.asarray(matches.keys).reshape(len(queries), -1)
-        counts = np.asarray(matches.counts).reshape(-1)
-        out = []
-        for i, q in enumerate(queries):
-            rows, scores = _rescore(loaded.matrix, q, keys[i, : counts[i]], kk)
-            out.append([Hit(ids[r], s) for r, s in zip(rows, scores)])
-        return out
+            one_rows, one_scores = _rescore(loaded.matrix, queries[0], keys, kk)
+            return [[Hit(name, s) for name, s in zip(loaded.ids_of(one_rows), one_scores)]]
+        else:
+            rows, scores, counts = hnsw_search(index, loaded.matrix, queries, min(k, len(loaded.ids)))
+        flat = [r for i in range(len(queries)) for r in rows[i, : counts[i]].tolist()]
+        names = iter(loaded.ids_of(flat))  # one lookup for every hit of the batch
+        return [
+            [Hit(next(names), float(s)) for s in scores[i, : counts[i]].tolist()]
+            for i in range(len(queries))
+        ]
 
 
 def _load_onnxruntime_first() -> None:

@@ -1,0 +1,91 @@
+"""What every reader of a run folder uses: its layout, the document store, the exported model, the report.
+
+Kept apart from the orchestrator (:mod:`rgpl_adapt.pipeline`) so that the CLI, evaluation and
+re-adaptation read a finished run without importing the stages. A run folder::
+
+    runs/NAME/
+      config.json                 the AdaptConfig of the run
+      index/                      the embedded backend (BM25 + vector spaces + docs.sqlite)  [embedded only]
+      docs/       docs.sqlite     the documents of a cluster run, copied once              [cluster only]
+      queries/    queries.jsonl   generated pseudo queries (+ parts/ while running)
+      negatives/  pools.jsonl     initial hard negatives (+ vectors/ while encoding the corpus)
+      train/      rounds/ checkpoints/ final/ log.jsonl scores.*
+      export/     sentence-transformers/ onnx/
+      serve/                      manifest of the vectors written back for search (+ vectors/)
+      report.json                 per-stage timings and statistics
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from rgpl_plugin.base import Backend
+
+from rgpl_adapt.manifest import read_manifest
+
+__all__ = [
+    "DENSE_SPACE",
+    "PipelineError",
+    "hybrid_weight_of",
+    "load_encoder",
+    "open_embedded",
+    "read_report",
+    "store_dir",
+]
+
+DENSE_SPACE = "dense"
+
+
+class PipelineError(RuntimeError):
+    """A run cannot go on; the message says what to change."""
+
+
+def store_dir(run_dir: str | os.PathLike) -> Path:
+    """The folder holding the run's ``docs.sqlite``: ``index/`` (embedded) or ``docs/`` (a cluster run)."""
+    run_dir = Path(run_dir)
+    for sub in ("index", "docs"):
+        if (run_dir / sub / "docs.sqlite").is_file():
+            return run_dir / sub
+    raise PipelineError(f"{run_dir} has no document store: run `rgpl-adapt adapt --corpus ... --out {run_dir}` first")
+
+
+def open_embedded(run_dir: str | os.PathLike) -> Backend:
+    """The embedded backend of a run folder (reopened, never rebuilt)."""
+    from rgpl_plugin.embedded import EmbeddedBackend
+
+    path = Path(run_dir) / "index"
+    if not path.exists():
+        raise PipelineError(f"{run_dir} has no embedded index: run `rgpl-adapt adapt --corpus ... --out {run_dir}` first")
+    return EmbeddedBackend.open(path)
+
+
+def load_encoder(export_dir: str | os.PathLike, prefer_onnx: bool = True):
+    """The exported model as a TextEncoder: ONNX when exported, else the torch model."""
+    export_dir = Path(export_dir)
+    if prefer_onnx and (export_dir / "onnx" / "model.onnx").exists():
+        from rgpl_adapt.onnx_encoder import OnnxEncoder
+
+        return OnnxEncoder(export_dir / "onnx")
+    from rgpl_adapt.encoding import SentenceTransformerEncoder
+    from rgpl_adapt.models import load_sentence_transformer
+
+    return SentenceTransformerEncoder(load_sentence_transformer(str(export_dir / "sentence-transformers")))
+
+
+def read_report(run_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(run_dir) / "report.json"
+    if not path.exists():
+        raise PipelineError(f"{run_dir} has no report.json: the adaptation has not finished")
+    return json.loads(path.read_text())
+
+
+def hybrid_weight_of(run_dir: str | os.PathLike) -> float:
+    m = read_manifest(Path(run_dir) / "serve")
+    if m is None:
+        return 0.5
+    w = m.outputs.get("hybrid_weight", 0.5)
+    return 0.5 if w is None or (isinstance(w, float) and math.isnan(w)) else float(w)
