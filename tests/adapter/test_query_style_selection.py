@@ -103,8 +103,14 @@ def test_pipeline_records_style_counts(tmp_path, tiny_t5, documents):
     cfg = AdaptConfig(device="cpu")
     cfg = replace(cfg, generation=GenerationConfig(model=str(tiny_t5), queries_per_passage=2, batch_size=4,
                                                    max_query_len=6, max_input_len=64, example_queries=KEYWORDS))
+    from rgpl_plugin.docstore import DocStore, DocStoreWriter
+
+    writer = DocStoreWriter(tmp_path / "docs" / "docs.sqlite")
+    for _ in writer.append(documents[:6], 6):
+        pass
+    writer.finish()
     pipe = Pipeline(cfg, tmp_path / "run", backend=object())
-    pipe._stage_queries(documents[:6])
+    pipe._stage_queries(DocStore(tmp_path / "docs"))  # the pipeline reads passages from its document store
     out = pipe.report["stages"]["queries"]
     assert out["example_queries"] == 4 and out["style_oversample"] == 3
     assert out["style_candidates"] == out["style_kept"] + out["style_dropped"] + out["dropped"].get("duplicate_across", 0)
