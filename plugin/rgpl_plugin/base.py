@@ -36,7 +36,12 @@ class Document:
 
     def full_text(self) -> str:
         """Title and text as one string, the way GPL feeds passages to models."""
-        return f"{self.title} {self.text}".strip() if self.title else self.text
+        return passage_text(self.title, self.text)
+
+
+def passage_text(title: str, text: str) -> str:
+    """Title and text as one string, the way GPL feeds passages to models (:meth:`Document.full_text`)."""
+    return f"{title} {text}".strip() if title else text
 
 
 @dataclass(frozen=True, slots=True)

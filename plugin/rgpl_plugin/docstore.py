@@ -28,9 +28,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rgpl_plugin.base import Document, batched
+from rgpl_plugin.base import Document, batched, passage_text
 
-__all__ = ["DocStore", "DocStoreWriter", "ResumePoint", "TextsById", "full_text"]
+__all__ = ["DocStore", "DocStoreWriter", "ResumePoint", "TextsById"]
 
 DOCS_FILE = "docs.sqlite"
 _SQL_CHUNK = 500
@@ -41,11 +41,6 @@ _SCHEMA = (
     " docs INTEGER NOT NULL, duplicates INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT)",
 )
-
-
-def full_text(title: str, text: str) -> str:
-    """Title and text as the models see them (:meth:`Document.full_text`)."""
-    return f"{title} {text}".strip() if title else text
 
 
 @dataclass(frozen=True)
@@ -164,7 +159,7 @@ class DocStore:
         rows = self._db.execute(
             "SELECT title, text FROM docs WHERE ord >= ? AND ord < ? ORDER BY ord", (start, stop)
         ).fetchall()
-        return [full_text(title, text) for title, text in rows]
+        return [passage_text(title, text) for title, text in rows]
 
     def ids(self, start: int, stop: int) -> list[str]:
         rows = self._db.execute("SELECT id FROM docs WHERE ord >= ? AND ord < ? ORDER BY ord", (start, stop))
@@ -197,7 +192,7 @@ class DocStore:
             for i, title, text in self._db.execute(
                 f"SELECT id, title, text FROM docs WHERE id IN ({marks})", chunk  # noqa: S608
             ):
-                found[i] = full_text(title, text)
+                found[i] = passage_text(title, text)
         missing = [i for i in dict.fromkeys(ids) if i not in found]
         if missing:
             raise KeyError(f"{len(missing)} unknown document id(s) in {self.path}, e.g. {missing[:5]}")

@@ -31,13 +31,11 @@ always correct, just slower) instead of failing a pipeline run; install ``rgpl-a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
 import re
 import shutil
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -329,7 +327,6 @@ class VectorStore:
         try:
             from rgpl_adapt.devices import require_usearch
 
-            _load_onnxruntime_first()
             usearch_index = require_usearch()  # onnxruntime first: the other order segfaults
         except ImportError as exc:
             if not self._warned_no_usearch:
@@ -390,17 +387,6 @@ class VectorStore:
             [Hit(next(names), float(s)) for s in scores[i, : counts[i]].tolist()]
             for i in range(len(queries))
         ]
-
-
-def _load_onnxruntime_first() -> None:
-    """Import onnxruntime (when installed) before usearch: importing it *after* usearch 2.26 crashes the
-    interpreter (segfault in onnxruntime's module init, onnxruntime 1.32), and a serving or pipeline
-    process may load an ONNX encoder after its first HNSW search. Too late (and skipped) when the
-    caller imported usearch itself."""
-    if "onnxruntime" in sys.modules or "usearch" in sys.modules:
-        return
-    if importlib.util.find_spec("onnxruntime") is not None:
-        import onnxruntime  # noqa: F401
 
 
 def _graph_settings(index: Any) -> tuple[int, dict[str, Any]]:

@@ -251,11 +251,18 @@ def test_drop_vectors_and_errors(backend):
             backend.put_vectors(bad, ["d0"], np.ones((1, 3), np.float32))
 
 
-def test_hnsw_agrees_with_exact(tmp_path, documents):
-    from rgpl_plugin.vectors import _load_onnxruntime_first
+def _usearch_after_onnxruntime():
+    """``usearch.index`` loaded as the store loads it (onnxruntime first: the other order segfaults later tests)."""
+    from rgpl_adapt.devices import require_usearch
 
-    _load_onnxruntime_first()  # as the store does: onnxruntime imported after usearch crashes later tests
-    pytest.importorskip("usearch", reason="HNSW needs usearch (pip install 'rgpl-adapt[hnsw]'); the exact path is tested without it")
+    try:
+        return require_usearch()
+    except ImportError as exc:
+        pytest.skip(f"HNSW needs usearch (pip install 'rgpl-adapt[hnsw]'); the exact path is tested without it: {exc}")
+
+
+def test_hnsw_agrees_with_exact(tmp_path, documents):
+    _usearch_after_onnxruntime()
     rng = np.random.default_rng(1)
     n, dim = 3000, 32
     ids = [f"v{i}" for i in range(n)]
@@ -342,7 +349,8 @@ def test_hnsw_search_then_onnxruntime_import_does_not_crash(tmp_path, documents)
     import sys
 
     if importlib.util.find_spec("usearch") is None or importlib.util.find_spec("onnxruntime") is None:
-        pytest.skip("needs usearch and onnxruntime")
+        pytest.skip("needs usearch and onnxruntime (pip install 'rgpl-adapt[hnsw]'); without usearch the store "
+                    "searches exactly and never imports it")
     EmbeddedBackend.create(tmp_path / "idx", documents[:5]).close()
     script = (
         "import numpy as np\n"
@@ -360,10 +368,9 @@ def test_hnsw_search_then_onnxruntime_import_does_not_crash(tmp_path, documents)
 
 
 def test_hnsw_graph_saved_with_other_settings_is_rebuilt(tmp_path, documents):
-    from rgpl_plugin.vectors import HNSW_DTYPE, _load_onnxruntime_first
+    from rgpl_plugin.vectors import HNSW_DTYPE
 
-    _load_onnxruntime_first()
-    usearch_index = pytest.importorskip("usearch.index", reason="HNSW needs usearch (rgpl-adapt[hnsw])")
+    usearch_index = _usearch_after_onnxruntime()
     rng = np.random.default_rng(4)
     matrix = clustered(rng, 300, 16)
     ids = [f"v{i}" for i in range(300)]
