@@ -26,7 +26,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from rgpl_plugin.errors import BulkWriteError
+from rgpl_plugin.errors import BulkWriteError, _is_connection_error, _status
 
 log = logging.getLogger(__name__)
 
@@ -70,26 +70,10 @@ def _error_text(error: Any) -> str:
 
 
 def _retryable(exc: BaseException) -> bool:
-    """A 429 answer, or a connection error or timeout (the request may not have been applied)."""
-    if getattr(exc, "status_code", None) == 429 or getattr(exc, "status", None) == 429:
+    """A 429 answer, or a connection error or timeout (the request may not have been applied); not TLS."""
+    if _status(exc) == 429 or isinstance(exc, TimeoutError):
         return True
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    kinds: list[type] = []
-    try:
-        from opensearchpy.exceptions import ConnectionError as OsConnectionError
-
-        kinds.append(OsConnectionError)  # ConnectionTimeout is a subclass
-    except ImportError:
-        pass
-    try:
-        from elastic_transport import ConnectionError as EsConnectionError
-        from elastic_transport import ConnectionTimeout as EsConnectionTimeout
-
-        kinds += [EsConnectionError, EsConnectionTimeout]
-    except ImportError:
-        pass
-    return isinstance(exc, tuple(kinds)) if kinds else False
+    return _is_connection_error(exc) and "SSLError" not in {cls.__name__ for cls in type(exc).__mro__}
 
 
 def bulk_lines(index: str, docs: Sequence[Doc]) -> list[dict[str, Any]]:
