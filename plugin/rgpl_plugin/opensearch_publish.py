@@ -42,6 +42,8 @@ from rgpl_plugin.version_load import (
     WRITE_METHODS,
     VectorSource,
     WriteMethod,
+    _body,
+    _is_es,
     load_by_reindex,
     load_one_pass,
     space_vectors,
@@ -67,18 +69,10 @@ class PublishResult:
     """Seconds the load (copy + vectors) took."""
 
 
-def _body(resp: Any) -> Any:
-    """The JSON of a response (elasticsearch-py wraps it in an ``ObjectApiResponse``)."""
-    return getattr(resp, "body", resp)
-
-
 def _first(resp: Any) -> dict[str, Any]:
     """The body of the only index in a per-index response (``{index: {...}}``)."""
     return next(iter(_body(resp).values()))
 
-
-def _is_es(client: Any) -> bool:
-    return type(client).__module__.startswith("elasticsearch")
 
 
 def _delete_index(client: Any, index: str) -> None:

@@ -55,10 +55,12 @@ class LoadResult:
 
 
 def _body(resp: Any) -> Any:
+    """The JSON of a response (elasticsearch-py wraps it in an ``ObjectApiResponse``)."""
     return getattr(resp, "body", resp)
 
 
 def _is_es(client: Any) -> bool:
+    """An elasticsearch-py client (its APIs take ``operations=``/keyword bodies)."""
     return type(client).__module__.startswith("elasticsearch")
 
 
