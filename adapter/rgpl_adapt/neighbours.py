@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from rgpl_plugin.base import Hit
-from rgpl_plugin.vectors import HNSW_CONNECTIVITY, HNSW_EXPANSION_ADD, exact_topk, hnsw_search
+from rgpl_plugin.vectors import build_hnsw, exact_topk, hnsw_search
 
 log = logging.getLogger(__name__)
 
@@ -136,16 +136,7 @@ class Neighbours:
 
 
 def _build_hnsw(matrix: np.ndarray) -> Any:
-    from rgpl_adapt.devices import require_usearch
-
-    usearch_index = require_usearch()
-    index = usearch_index.Index(ndim=int(matrix.shape[1]), metric="ip", dtype="f32",
-                                connectivity=HNSW_CONNECTIVITY, expansion_add=HNSW_EXPANSION_ADD,
-                                expansion_search=EXPANSIONS[0])
-    for r0 in range(0, matrix.shape[0], 65_536):  # a memory map is added in slices
-        block = np.ascontiguousarray(matrix[r0 : r0 + 65_536], dtype=np.float32)
-        index.add(np.arange(r0, r0 + len(block), dtype=np.uint64), block, threads=0)
-    return index
+    return build_hnsw(matrix, dtype="f32", expansion_search=EXPANSIONS[0])  # f32: recall is measured on it
 
 
 def plan_search(

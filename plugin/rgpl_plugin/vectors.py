@@ -347,13 +347,8 @@ class VectorStore:
                 index = None
         if index is None:
             logger.info("building HNSW index for space %r (%d vectors)", space, len(loaded.ids))
-            index = usearch_index.Index(
-                metric="ip",
-                expansion_add=HNSW_EXPANSION_ADD,
-                expansion_search=HNSW_EXPANSION_SEARCH,
-                **want,
-            )
-            index.add(np.arange(len(loaded.ids), dtype=np.uint64), np.asarray(loaded.matrix), threads=0)
+            index = build_hnsw(loaded.matrix, dtype=HNSW_DTYPE, expansion_search=HNSW_EXPANSION_SEARCH,
+                               usearch_index=usearch_index)
             index.save(str(path))
         index.expansion_search = HNSW_EXPANSION_SEARCH
         loaded.hnsw = index
@@ -387,6 +382,23 @@ class VectorStore:
             [Hit(next(names), float(s)) for s in scores[i, : counts[i]].tolist()]
             for i in range(len(queries))
         ]
+
+
+def build_hnsw(matrix: np.ndarray, *, dtype: str, expansion_search: int, usearch_index: Any = None) -> Any:
+    """A usearch inner-product graph over the rows of ``matrix`` (key ``i`` = row ``i``), added in slices
+    so that a memory-mapped matrix is read a block at a time. ``usearch_index``: the imported
+    ``usearch.index`` module (default: :func:`rgpl_adapt.devices.require_usearch`)."""
+    if usearch_index is None:
+        from rgpl_adapt.devices import require_usearch
+
+        usearch_index = require_usearch()
+    index = usearch_index.Index(ndim=int(matrix.shape[1]), metric="ip", dtype=dtype,
+                                connectivity=HNSW_CONNECTIVITY, expansion_add=HNSW_EXPANSION_ADD,
+                                expansion_search=expansion_search)
+    for r0 in range(0, matrix.shape[0], 65_536):
+        block = np.ascontiguousarray(matrix[r0 : r0 + 65_536], dtype=np.float32)
+        index.add(np.arange(r0, r0 + len(block), dtype=np.uint64), block, threads=0)
+    return index
 
 
 def _graph_settings(index: Any) -> tuple[int, dict[str, Any]]:
