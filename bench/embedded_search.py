@@ -76,23 +76,16 @@ def latencies(fn: Callable[[int], object], n: int) -> dict[str, float]:
 
 
 def hybrid_split(path: Path, texts: list[str], qvecs: np.ndarray, k: int, rounds: int = 3) -> dict:
-    """Where a hybrid query's time goes: each leg, the fusion and the whole call, timed in a shuffled
-    order per query (load hits them alike), plus the two legs run in two threads instead of in sequence
-    (tantivy and usearch release the GIL, but the Python around each native call needs it: a thread
-    waiting for the GIL can wait for the 5 ms switch interval, so hybrid_search stays sequential)."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    """Where a hybrid query's time goes: each leg, the fusion and the whole call with its legs in
+    sequence and in two threads (``EmbeddedBackend.open(legs=...)``, :mod:`rgpl_plugin.legs`), timed in
+    a shuffled order per query so load hits them alike."""
     from rgpl_plugin.fusion import fuse
 
-    backend = EmbeddedBackend.open(path, hnsw_threshold=0)
-    pool = ThreadPoolExecutor(1)
-
-    def legs_in_threads(i: int) -> list:
-        dense = pool.submit(backend.knn_search, "dense", qvecs[i : i + 1], k)
-        return fuse(backend.bm25_search([texts[i]], k)[0], dense.result()[0], k)
-
+    backend = EmbeddedBackend.open(path, hnsw_threshold=0, legs="sequential")
+    threaded = EmbeddedBackend.open(path, hnsw_threshold=0, legs="threads")
     for i in range(len(texts)):  # same results both ways
-        assert [legs_in_threads(i)] == backend.hybrid_search("dense", texts[i : i + 1], qvecs[i : i + 1], k)
+        one = (texts[i : i + 1], qvecs[i : i + 1])
+        assert threaded.hybrid_search("dense", *one, k) == backend.hybrid_search("dense", *one, k)
     legs = {i: (backend.bm25_search([texts[i]], k)[0], backend.knn_search("dense", qvecs[i : i + 1], k)[0])
             for i in range(len(texts))}
     fns: dict[str, Callable[[int], object]] = {
@@ -100,7 +93,7 @@ def hybrid_split(path: Path, texts: list[str], qvecs: np.ndarray, k: int, rounds
         "dense_leg": lambda i: backend.knn_search("dense", qvecs[i : i + 1], k),
         "fusion": lambda i: fuse(*legs[i], k),
         "hybrid": lambda i: backend.hybrid_search("dense", texts[i : i + 1], qvecs[i : i + 1], k),
-        "hybrid_legs_in_threads": legs_in_threads,
+        "hybrid_legs_in_threads": lambda i: threaded.hybrid_search("dense", texts[i : i + 1], qvecs[i : i + 1], k),
     }
     times: dict[str, list[float]] = {name: [] for name in fns}
     rng = np.random.default_rng(0)
@@ -112,10 +105,11 @@ def hybrid_split(path: Path, texts: list[str], qvecs: np.ndarray, k: int, rounds
                 fns[names[j]](i)
                 times[names[j]].append((time.perf_counter() - t) * 1000)
     backend.close()
-    pool.shutdown()
+    threaded.close()
     out = {name: float(np.median(v)) for name, v in times.items()}
     out["python_overhead_ms"] = out["hybrid"] - out["bm25_leg"] - out["dense_leg"] - out["fusion"]
     out["ratio_to_bm25"] = out["hybrid"] / out["bm25_leg"]
+    out["threads_ratio_to_bm25"] = out["hybrid_legs_in_threads"] / out["bm25_leg"]
     return out
 
 
@@ -194,7 +188,8 @@ def run(args: argparse.Namespace) -> dict:
                 fn()
                 (bm if name == "bm25" else hy).append((time.perf_counter() - t) * 1000)
     results["interleaved"] = {"bm25_p50_ms": float(np.median(bm)), "hybrid_hnsw_p50_ms": float(np.median(hy)),
-                              "ratio": float(np.median(hy) / np.median(bm))}
+                              "ratio": float(np.median(hy) / np.median(bm)),
+                              "legs_chosen": hnsw.legs.preferred, "legs_median_ms": hnsw.legs.medians_ms()}
     results["hybrid_split"] = hybrid_split(path, texts, qvecs, k)
     hnsw.close()
     results["index_size_mb"] = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
@@ -227,11 +222,13 @@ def table(r: dict) -> str:
          f"{r['hnsw_recall_at_k_batched']:.4f} (target >= 0.99)"),
         ("iter_documents", f"{r['iter_documents_docs_per_s']:,.0f} docs/s"),
         ("interleaved p50 BM25 / hybrid HNSW", f"{r['interleaved']['bm25_p50_ms']:.2f} / "
-         f"{r['interleaved']['hybrid_hnsw_p50_ms']:.2f} ms ({r['interleaved']['ratio']:.2f}x)"),
+         f"{r['interleaved']['hybrid_hnsw_p50_ms']:.2f} ms ({r['interleaved']['ratio']:.2f}x, "
+         f"legs: {r['interleaved']['legs_chosen']})"),
         ("hybrid split p50: BM25 + dense + fusion + rest",
          "{bm25_leg:.2f} + {dense_leg:.2f} + {fusion:.3f} + {python_overhead_ms:.3f} = {hybrid:.2f} ms "
          "({ratio_to_bm25:.2f}x BM25)".format(**r["hybrid_split"])),
-        ("hybrid with the legs in two threads p50", f"{r['hybrid_split']['hybrid_legs_in_threads']:.2f} ms"),
+        ("hybrid with the legs in two threads p50", f"{r['hybrid_split']['hybrid_legs_in_threads']:.2f} ms "
+         f"({r['hybrid_split']['threads_ratio_to_bm25']:.2f}x BM25)"),
         ("load average (1 min) before / after", f"{r['load_avg'][0]:.1f} / {r['load_avg'][1]:.1f}"),
     ]
     width = max(len(a) for a, _ in rows)

@@ -6,6 +6,8 @@ No server needed: ``rgpl-adapt`` can adapt and serve a retriever over a folder s
     backend.json     format version, document count, duplicate ids skipped, vector spaces
     tantivy/         BM25 index: id (stored, raw), title + text (English stemming), ord (fast u64)
     docs.sqlite      documents by insertion order (``ord``) and id: fast, stable-ordered reads
+    ids.offsets.npy  the ids by ord, memory-mapped (:mod:`rgpl_plugin.idtable`): search hits become
+    ids.blob         ids without a SQLite lookup or an id list in memory
     vectors/<space>/ named vector spaces (see :mod:`rgpl_plugin.vectors`)
 
 The document store is SQLite (stdlib, indexed lookups by id without loading every id into
@@ -35,8 +37,10 @@ import numpy as np
 from rgpl_adapt.progress import ProgressFactory, silent
 
 from rgpl_plugin.base import BackendError, Document, FusionMethod, Hit, batched
-from rgpl_plugin.docstore import DocStoreWriter
+from rgpl_plugin.docstore import DocStore, DocStoreWriter
 from rgpl_plugin.fusion import fuse
+from rgpl_plugin.idtable import IdTable, write_id_table
+from rgpl_plugin.legs import LegMode, LegRunner
 from rgpl_plugin.vectors import DEFAULT_HNSW_THRESHOLD, VectorStore, check_space_name
 
 logger = logging.getLogger(__name__)
@@ -48,6 +52,7 @@ TOKENIZER_NAME = "rgpl_en_stem"
 _SEARCH_FIELDS = ("title", "text")
 _WRITER_HEAP = 128_000_000
 _SQL_CHUNK = 500
+_ID_CHUNK = 100_000  # ids per read when writing the id table
 BUILD_CHUNK = 50_000  # documents per committed (resumable) build chunk
 
 
@@ -100,7 +105,7 @@ class EmbeddedBackend:
 
     name = "embedded"
 
-    def __init__(self, path: Path, *, hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD) -> None:
+    def __init__(self, path: Path, *, hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD, legs: LegMode = "auto") -> None:
         """Open the index at ``path`` (prefer :meth:`open`, which documents the errors)."""
         self.path = Path(path)
         if not is_index(self.path):
@@ -121,6 +126,8 @@ class EmbeddedBackend:
         self._schema = self._index.schema
         uri = (self.path / "docs.sqlite").resolve().as_uri() + "?mode=ro"
         self._db: sqlite3.Connection | None = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        self._id_table = IdTable.open(self.path, self.count())  # None: an index built before id tables
+        self.legs = LegRunner(legs)  # how hybrid_search runs its two legs (rgpl_plugin.legs)
         self._vectors = VectorStore(self.path / "vectors", hnsw_threshold=hnsw_threshold, resolve_rows=self.ids_of_ords)
 
     # ------------------------------------------------------------------ build
@@ -172,6 +179,7 @@ class EmbeddedBackend:
         tmp.mkdir(exist_ok=True)
         try:
             count, duplicates, build = _build(tmp, documents, progress, key=resume_key or "", chunk_size=chunk_size)
+            _write_id_table(tmp, count)
             _write_meta(
                 tmp,
                 {
@@ -197,13 +205,15 @@ class EmbeddedBackend:
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike, *, hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD
+        cls, path: str | os.PathLike, *, hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD, legs: LegMode = "auto"
     ) -> EmbeddedBackend:
         """Reopen an index built by :meth:`create` without rebuilding anything.
 
-        Raises :class:`BackendError` when ``path`` is not an embedded index.
+        ``legs``: how :meth:`hybrid_search` runs its BM25 and k-NN legs (:class:`rgpl_plugin.legs.LegRunner`:
+        ``auto`` measures whether two threads beat a sequence on this machine). Raises
+        :class:`BackendError` when ``path`` is not an embedded index.
         """
-        return cls(Path(path), hnsw_threshold=hnsw_threshold)
+        return cls(Path(path), hnsw_threshold=hnsw_threshold, legs=legs)
 
     # -------------------------------------------------------------- documents
     @property
@@ -254,7 +264,10 @@ class EmbeddedBackend:
         return [found[i] for i in ids]
 
     def ids_of_ords(self, ords: Sequence[int]) -> list[str]:
-        """The id of each ord (insertion position), looked up in SQLite: no id list is held in memory."""
+        """The id of each ord (insertion position), from the memory-mapped id table
+        (:mod:`rgpl_plugin.idtable`), or SQLite for an index built without one: no id list is held in memory."""
+        if self._id_table is not None:
+            return self._id_table(ords)
         found: dict[int, str] = {}
         for chunk in batched(dict.fromkeys(int(o) for o in ords), _SQL_CHUNK):
             marks = ",".join("?" * len(chunk))
@@ -355,18 +368,19 @@ class EmbeddedBackend:
         """BM25 top-``k`` fused with k-NN top-``k`` per query (see :func:`rgpl_plugin.fusion.fuse`).
 
         Like an OpenSearch hybrid query, each sub-query returns ``k`` hits and fusion runs over
-        their union; ``weight`` is the dense share (``min_max`` only).
+        their union; ``weight`` is the dense share (``min_max`` only). The k-NN leg runs in a worker
+        thread beside the BM25 leg when that has been measured faster here (``self.legs``).
         """
         vectors = np.asarray(vectors)
         if len(texts) != len(vectors):
             raise ValueError(f"got {len(texts)} texts for {len(vectors)} query vectors; they must match")
-        bm25 = self.bm25_search(texts, k)
-        dense = self.knn_search(space, vectors, k)
+        bm25, dense = self.legs.run(lambda: self.bm25_search(texts, k), lambda: self.knn_search(space, vectors, k))
         return [fuse(b, d, k, weight=weight, method=method) for b, d in zip(bm25, dense)]
 
     # --------------------------------------------------------------- lifecycle
     def close(self) -> None:
         """Close the document store; searching afterwards raises BackendError."""
+        self.legs.close()
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -435,6 +449,16 @@ def _build(
     point = store.finish()
     return point.docs, point.duplicates, {"chunks": point.chunks, "chunks_resumed": resumed.chunks,
                                           "chunks_built": built, "chunk_size": chunk_size}
+
+
+def _write_id_table(folder: Path, count: int) -> None:
+    """The id table of the finished build in ``folder`` (ids read back from SQLite by ord, a chunk at a time)."""
+    store = DocStore(folder / "docs.sqlite")
+    try:
+        chunks = (store.ids(start, start + _ID_CHUNK) for start in range(0, count, _ID_CHUNK))
+        write_id_table(folder, chunks, count)
+    finally:
+        store.close()
 
 
 def _swap_into_place(built: Path, path: Path) -> None:

@@ -386,3 +386,43 @@ def test_hnsw_graph_saved_with_other_settings_is_rebuilt(tmp_path, documents):
         hits = b.knn_search("s", matrix[:3], 5)
     assert [row[0].doc_id for row in hits] == ids[:3]
     assert str(usearch_index.Index.restore(str(graph)).dtype).lower().endswith(HNSW_DTYPE)
+
+
+def test_ids_resolve_through_the_id_table_like_through_sqlite(index_dir, documents):
+    from rgpl_plugin.idtable import IDS_BLOB, IDS_OFFSETS
+
+    assert (index_dir / IDS_OFFSETS).is_file() and (index_dir / IDS_BLOB).is_file()
+    with EmbeddedBackend.open(index_dir) as b:
+        assert b._id_table is not None
+        ords = [len(documents) - 1, 0, 3, 3]
+        assert b.ids_of_ords(ords) == [documents[o].id for o in ords]
+
+
+def test_an_index_without_id_table_resolves_ids_in_sqlite(tmp_path, documents):
+    from rgpl_plugin.idtable import IDS_BLOB, IDS_OFFSETS
+
+    EmbeddedBackend.create(tmp_path / "idx", documents).close()
+    with EmbeddedBackend.open(tmp_path / "idx") as b:
+        with_table = b.bm25_search(["vitamin calcium bone", "tumor"], 5)
+    (tmp_path / "idx" / IDS_OFFSETS).unlink()
+    (tmp_path / "idx" / IDS_BLOB).unlink()
+    with EmbeddedBackend.open(tmp_path / "idx") as b:
+        assert b._id_table is None
+        assert b.bm25_search(["vitamin calcium bone", "tumor"], 5) == with_table
+        assert b.ids_of_ords([2, 0]) == [documents[2].id, documents[0].id]
+
+
+def test_hybrid_legs_in_threads_give_the_sequential_results(tmp_path, documents):
+    rng = np.random.default_rng(5)
+    EmbeddedBackend.create(tmp_path / "idx", documents).close()
+    with EmbeddedBackend.open(tmp_path / "idx") as b:
+        b.put_vectors("legs", [d.id for d in documents], rng.normal(size=(len(documents), 16)).astype(np.float32))
+    texts = ["vitamin calcium bone", "tumor chemotherapy", "zzz unknown", "insulin"]
+    vectors = rng.normal(size=(4, 16)).astype(np.float32)
+    results = {}
+    for mode in ("sequential", "threads", "auto"):
+        with EmbeddedBackend.open(tmp_path / "idx", legs=mode) as b:
+            assert b.legs.mode == mode
+            results[mode] = [b.hybrid_search("legs", texts, vectors, 6, weight=0.4) for _ in range(12)]
+    assert results["threads"] == results["sequential"] == results["auto"]
+    assert len(results["threads"][0]) == 4 and all(len(hits) == 6 for hits in results["threads"][0])
