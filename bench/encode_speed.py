@@ -153,9 +153,11 @@ def main() -> None:
             shutil.copytree(export.out_dir, args.keep_export, dirs_exist_ok=True)
         cpu = ["CPUExecutionProvider"]
         encoders = {
-            "onnx portable fp32": OnnxEncoder(export.out_dir, optimized=False, providers=cpu, threads=threads),
-            "onnx fused fp32": OnnxEncoder(export.out_dir, providers=cpu, threads=threads),
-            "onnx int8": OnnxEncoder(export.out_dir, int8=True, providers=cpu, threads=threads),
+            # spin=True: how the pipeline encodes a corpus (runfolder.load_encoder(bulk=True))
+            "onnx portable fp32": OnnxEncoder(export.out_dir, optimized=False, providers=cpu, threads=threads,
+                                              spin=True),
+            "onnx fused fp32": OnnxEncoder(export.out_dir, providers=cpu, threads=threads, spin=True),
+            "onnx int8": OnnxEncoder(export.out_dir, int8=True, providers=cpu, threads=threads, spin=True),
         }
         runs = {
             "torch fp32": lambda x: encode_texts(model, x, args.batch_size),

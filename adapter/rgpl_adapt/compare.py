@@ -125,7 +125,7 @@ def evaluate_run(
     texts = [queries[q] for q in qids]
     table: dict[str, dict[str, float]] = {}
     needs_adapted = {"adapted", "hybrid"} & set(systems)
-    encoder = load_encoder(run_dir / "export", cfg.export.onnx) if needs_adapted else None
+    encoder = load_encoder(run_dir / "export", cfg.export.onnx, bulk=True) if needs_adapted else None
     with ExitStack() as scratch:
         if needs_adapted:
             qvecs = encoder.encode(texts, batch_size=64)

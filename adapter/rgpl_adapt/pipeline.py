@@ -440,7 +440,7 @@ class Pipeline:
 
             from rgpl_adapt.onnx_encoder import OnnxEncoder
 
-            encoder = load_encoder(export_dir, self.cfg.export.onnx)
+            encoder = load_encoder(export_dir, self.cfg.export.onnx, bulk=True)
             self.backend.drop_vectors(DENSE_SPACE)
             n = 0
             if self.publisher is None:  # every document of the store, in resumable chunks (rgpl_adapt.chunked)

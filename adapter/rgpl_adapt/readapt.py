@@ -426,10 +426,10 @@ class Readapter:
                                      "too few pseudo queries for a held-out set (need 20+): not promoted", version,
                                      serving_version)
         cands = candidate_documents(docs, held, self.settings.eval_max_docs, seed)
-        new_mrr = encoder_mrr(load_encoder(export_dir, self.cfg.export.onnx), cands, held)
+        new_mrr = encoder_mrr(load_encoder(export_dir, self.cfg.export.onnx, bulk=True), cands, held)
         serving_mrr = None
         if serving_dir is not None:
-            serving_mrr = encoder_mrr(load_encoder(serving_dir / "export", self.cfg.export.onnx), cands, held)
+            serving_mrr = encoder_mrr(load_encoder(serving_dir / "export", self.cfg.export.onnx, bulk=True), cands, held)
         decision = decide_promotion(round(new_mrr, 6), None if serving_mrr is None else round(serving_mrr, 6),
                                     tolerance=self.settings.tolerance, queries=len(held), new_version=version,
                                     serving_version=serving_version)

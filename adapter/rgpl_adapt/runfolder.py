@@ -63,13 +63,18 @@ def open_embedded(run_dir: str | os.PathLike) -> Backend:
     return EmbeddedBackend.open(path)
 
 
-def load_encoder(export_dir: str | os.PathLike, prefer_onnx: bool = True):
-    """The exported model as a TextEncoder: ONNX when exported, else the torch model."""
+def load_encoder(export_dir: str | os.PathLike, prefer_onnx: bool = True, *, bulk: bool = False):
+    """The exported model as a TextEncoder: ONNX when exported, else the torch model.
+
+    ``bulk=True`` for encoding a corpus (not serving queries): onnxruntime's idle intra-op threads
+    spin-wait between operators, +5% docs/s on a quiet machine (bench/RESULTS.md); a serving process
+    keeps them asleep between queries.
+    """
     export_dir = Path(export_dir)
     if prefer_onnx and (export_dir / "onnx" / "model.onnx").exists():
         from rgpl_adapt.onnx_encoder import OnnxEncoder
 
-        return OnnxEncoder(export_dir / "onnx")
+        return OnnxEncoder(export_dir / "onnx", spin=bulk)
     from rgpl_adapt.encoding import SentenceTransformerEncoder
     from rgpl_adapt.models import load_sentence_transformer
 

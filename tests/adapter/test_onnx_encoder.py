@@ -165,6 +165,17 @@ def test_spinning_is_off_unless_asked(export_dir):
     assert spinning(OnnxEncoder(export_dir, providers=["CPUExecutionProvider"], spin=True)) == "1"
 
 
+def test_corpus_encodes_spin_and_serving_does_not(export_dir):
+    """The pipeline's corpus encodes load the export with bulk=True (spinning on); queries without."""
+    from rgpl_adapt.runfolder import load_encoder
+
+    def spinning(enc: OnnxEncoder) -> str:
+        return enc.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+
+    assert spinning(load_encoder(export_dir, bulk=True)) == "1"
+    assert spinning(load_encoder(export_dir)) == "0"
+
+
 def test_encode_queries_encodes_each_query_once(export_dir):
     enc = OnnxEncoder(export_dir, providers=["CPUExecutionProvider"], query_cache=2)
     runs = []
