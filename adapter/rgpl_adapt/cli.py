@@ -134,7 +134,8 @@ def _build_config(opts: dict[str, Any]) -> AdaptConfig:
     set_("remine", every=opts.get("remine_every"), k=opts.get("remine_k"),
          exact_budget_s=opts.get("exact_budget_s"))
     set_("mining", exact_budget_s=opts.get("exact_budget_s"))
-    set_("export", int8=True if opts.get("int8") else None, onnx=False if opts.get("no_onnx") else None)
+    set_("export", int8=True if opts.get("int8") else None, fp16=True if opts.get("fp16") else None,
+         onnx=False if opts.get("no_onnx") else None)
     if opts.get("device"):
         cfg = replace(cfg, device=opts["device"])
     return cfg
@@ -392,6 +393,7 @@ def _preflight_alias(settings: Any, options: Any, secrets: tuple[str, ...]) -> N
               help="Seconds exact top-k may take per mining search / remining round on this machine; "
                    "beyond it HNSW with recall@k measured against exact (default 600).")
 @click.option("--int8", is_flag=True, help="Also export an int8 ONNX model.")
+@click.option("--fp16", is_flag=True, help="Also export a float16 ONNX model (served by default on a CUDA GPU).")
 @click.option("--no-onnx", is_flag=True, help="Skip the ONNX export (search then uses torch).")
 @click.option("--device", help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--eval-qrels", type=click.Path(exists=True, dir_okay=False),
@@ -674,9 +676,10 @@ def rollback(index_name: str, **conn: Any) -> None:
 @cli.command()
 @click.option("--model", "model_path", type=click.Path(exists=True), required=True, help="A sentence-transformers folder.")
 @click.option("--out", type=click.Path(), required=True)
-@click.option("--int8", is_flag=True)
+@click.option("--int8", is_flag=True, help="Also write model_int8.onnx (CPU).")
+@click.option("--fp16", is_flag=True, help="Also write model_fp16.onnx (CUDA GPUs).")
 @click.option("--tolerance", type=float, default=1e-4, show_default=True)
-def export(model_path: str, out: str, int8: bool, tolerance: float) -> None:
+def export(model_path: str, out: str, int8: bool, fp16: bool, tolerance: float) -> None:
     """Export a sentence-transformers model to ONNX, checked against torch.
 
     \b
@@ -688,10 +691,13 @@ def export(model_path: str, out: str, int8: bool, tolerance: float) -> None:
 
     samples = ["what is the effect of vitamin d on bone density", "a short query", "x " * 400]
     try:
-        res = export_model(model_path, Path(out), ExportConfig(int8=int8, tolerance=tolerance), sample_texts=samples)
+        res = export_model(model_path, Path(out), ExportConfig(int8=int8, fp16=fp16, tolerance=tolerance),
+                           sample_texts=samples)
     except (RuntimeError, ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"exported to {out}: max abs diff vs torch {res.max_abs_diff:.2e} (tolerance {tolerance:.0e})")
+    if res.fp16_cosine is not None:
+        click.echo(f"fp16 graph: mean cosine to torch {res.fp16_cosine:.6f}")
 
 
 @cli.command()

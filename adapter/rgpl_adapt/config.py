@@ -132,6 +132,7 @@ class RemineConfig:
 class ExportConfig:
     onnx: bool = True
     int8: bool = False
+    fp16: bool = False  # model_fp16.onnx: the fused graph in float16, for onnxruntime's CUDA provider
     opset: int = 17
     optimize: bool = True  # onnxruntime transformer fusion (attention, LayerNorm, GELU) -> model_opt.onnx
     max_ir_version: int = 8  # ML Commons ships onnxruntime 1.16.3 (IR <= 9) since 2.16, 1.14 (IR <= 8) before

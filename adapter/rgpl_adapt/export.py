@@ -8,6 +8,7 @@ Layout written by :func:`export_model` under ``out_dir``::
     onnx/model_opt.onnx      the same graph fused by onnxruntime's transformer optimizer (Attention,
                              SkipLayerNormalization, BiasGelu, ...): what OnnxEncoder serves with by default
     onnx/model_int8.onnx     optional dynamic int8 quantization of the fused graph
+    onnx/model_fp16.onnx     optional float16 copy of the fused graph (float32 inputs/outputs) for CUDA
     onnx/tokenizer.json      the fast tokenizer, truncation set to the model's max_seq_length
     onnx/rgpl_onnx.json      pooling, normalize, dim, max_seq_len, similarity "dot", input names, graphs...
 
@@ -39,6 +40,12 @@ int8 graph's max abs diff and mean cosine to the fp32 graph are recorded. We fai
 cosine is below :data:`INT8_MIN_COSINE` (0.95): at that point int8 vectors no longer rank like the fp32
 ones; anything above is reported, not enforced, because the acceptable loss is a retrieval-quality
 decision (bench/encode_speed.py --ndcg measures it on SciFact).
+
+fp16 (``cfg.fp16``). The fused graph converted to float16 with float32 inputs and outputs
+(:func:`rgpl_adapt.onnx_graphs.to_fp16`), for serving on a GPU, where OnnxEncoder picks it by default.
+It is run on CPU at export against torch fp32 (onnxruntime has CPU kernels or casts for every operator
+in it); a mean cosine below :data:`FP16_MIN_COSINE` (0.999) fails the export, since float16 should
+only cost rounding.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ import numpy as np
 
 from rgpl_adapt.config import ExportConfig
 from rgpl_adapt.devices import require
+from rgpl_adapt.onnx_graphs import cap_ir_version, optimize_graph, quantize_int8, to_fp16
 from rgpl_adapt.progress import ProgressFactory, silent
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -75,6 +83,8 @@ DYNAMO_MIN_OPSET = 18
 OUTPUT_NAMES = ("token_embeddings", "sentence_embedding")
 OPT_FILE = "model_opt.onnx"
 INT8_FILE = "model_int8.onnx"
+FP16_FILE = "model_fp16.onnx"
+FP16_MIN_COSINE = 0.999
 # ML Commons pooling names (TextEmbeddingModelConfig.PoolingMode) for sentence-transformers' modes.
 _ML_COMMONS_POOLING = {
     "mean": "mean",
@@ -116,6 +126,9 @@ class ExportResult:
     int8_max_abs_diff: float | None = None  # int8 graph vs fp32 graph
     int8_cosine: float | None = None  # mean cosine int8 vs fp32
     int8_sha256: str | None = None
+    fp16_path: str | None = None
+    fp16_max_abs_diff: float | None = None  # fp16 graph (run on CPU at export) vs torch fp32
+    fp16_cosine: float | None = None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -321,65 +334,6 @@ def _export_graph(
     raise ExportError("every ONNX exporter failed: " + "; ".join(errors))
 
 
-def cap_ir_version(path: str | os.PathLike, max_ir: int) -> int:
-    """Lower the graph's IR version to ``max_ir`` and drop opset imports of domains no node uses.
-
-    Returns the IR version written.
-
-    An old onnxruntime refuses any model whose IR version is above what it knows, even when the graph
-    uses nothing newer (the dynamo exporter stamps IR 10 on opset-18 graphs). Opset 18 needs IR >= 8,
-    so capping at 8 or 9 is safe for the opsets we export; the loaders checked in the tests decide.
-    """
-    import onnx
-
-    model = onnx.load(str(path))
-    changed = False
-    if model.ir_version > max_ir:
-        model.ir_version = max_ir
-        changed = True
-    # onnxruntime's tools stamp e.g. ai.onnx.ml opset 5 without using it; 1.16 refuses that import
-    used = {node.domain or "" for node in model.graph.node}
-    keep = [imp for imp in model.opset_import if (imp.domain or "") in used or (imp.domain or "") == ""]
-    if len(keep) != len(model.opset_import):
-        del model.opset_import[:]
-        model.opset_import.extend(keep)
-        changed = True
-    if changed:
-        onnx.save(model, str(path))
-    return int(model.ir_version)
-
-
-# Architectures whose encoder layers match onnxruntime's BERT fusion patterns.
-_FUSABLE = {"bert", "roberta", "xlm-roberta", "distilbert", "camembert", "electra", "albert", "mpnet"}
-
-
-def optimize_graph(src: str | os.PathLike, dst: str | os.PathLike, model_type: str, *, num_heads: int = 0,
-                   hidden_size: int = 0) -> dict[str, int]:
-    """onnxruntime's transformer optimizer: fuse attention, LayerNorm (+ residual), GELU; save to ``dst``.
-
-    Returns the counts of fused operators (empty when the architecture is not one it knows; then nothing
-    is written). The fused graph uses onnxruntime's ``com.microsoft`` operators, so it is for
-    onnxruntime only; ``model.onnx`` stays the portable graph.
-    """
-    if model_type not in _FUSABLE:
-        logger.info("no transformer fusion for model type %r: serving the unfused graph", model_type)
-        return {}
-    opt_mod = require("onnxruntime.transformers.optimizer", package="onnxruntime")
-    root = logging.getLogger()
-    level = root.level
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        root.setLevel(logging.ERROR)  # the optimizer logs shape-inference chatter at WARNING on the root logger
-        try:
-            optimized = opt_mod.optimize_model(str(src), model_type="bert", num_heads=num_heads,
-                                               hidden_size=hidden_size, opt_level=1)
-        finally:
-            root.setLevel(level)
-    stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
-    optimized.save_model_to_file(str(dst))
-    return stats
-
-
 def _write_meta(onnx_dir: Path, meta: dict[str, Any]) -> None:
     (onnx_dir / ONNX_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
@@ -393,31 +347,6 @@ def _parity(onnx_dir: Path, texts: list[str], ref: np.ndarray, *, optimized: boo
     got = enc.encode(texts, batch_size=32)
     single = np.concatenate([enc.encode([t], batch_size=1) for t in texts[:2]])
     return got, max(max_abs_diff(ref, got), max_abs_diff(ref[:2], single))
-
-
-def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Dynamic int8 quantization (QInt8 per-channel weights; MatMul and fused Attention) of an ONNX graph.
-
-    Applied to the fused graph (:func:`optimize_graph`) when there is one: quantizing the fused
-    ``Attention`` nodes' projection weights is where int8 pays on CPUs with VNNI (see bench/RESULTS.md).
-
-    Per-channel scales matter: on all-MiniLM-L6-v2 per-tensor QInt8 gave a mean cosine to fp32 of only
-    0.925 on synthetic 128-token texts (0.963 on real sentences), per-channel 0.9935 (0.994);
-    ``reduce_range`` made it worse (0.77).
-    """
-    quant = require("onnxruntime.quantization", package="onnxruntime")
-    import onnx
-
-    quant.quantize_dynamic(
-        model_input=str(src),
-        model_output=str(dst),
-        op_types_to_quantize=["MatMul", "Attention"],
-        weight_type=quant.QuantType.QInt8,
-        per_channel=True,
-        reduce_range=False,
-        # outputs of fused com.microsoft operators have no inferred type; they are float
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -449,7 +378,7 @@ def export_model(
     require("onnxruntime")
     out = Path(out_dir)
     st_dir, onnx_dir = out / ST_SUBDIR, out / ONNX_SUBDIR
-    steps = 4 + int(cfg.int8)
+    steps = 4 + int(cfg.int8) + int(cfg.fp16)
     with progress(total=steps, desc="export", unit="step") as bar:
         # 1. sentence-transformers folder, then a fresh fp32 CPU copy of it for the export
         st_dir.mkdir(parents=True, exist_ok=True)
@@ -469,7 +398,7 @@ def export_model(
 
         # 2. tokenizer files + metadata
         onnx_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (INT8_FILE, OPT_FILE):  # never leave a stale derived graph behind
+        for stale in (INT8_FILE, OPT_FILE, FP16_FILE):  # never leave a stale derived graph behind
             (onnx_dir / stale).unlink(missing_ok=True)
         info["tokenizer"].save_pretrained(str(onnx_dir))
         backend = _configured_tokenizer(info["tokenizer"], max_seq_len)
@@ -563,6 +492,26 @@ def export_model(
             int8_path, int8_sha = str(int8_file), sha256_file(int8_file)
             bar.update(1)
 
+        # 6. optional fp16 (GPU serving), checked against torch on CPU
+        fp16_path = fp16_diff = fp16_cos = None
+        if cfg.fp16:
+            fp16_file = onnx_dir / FP16_FILE
+            to_fp16(onnx_dir / OPT_FILE if (onnx_dir / OPT_FILE).exists() else onnx_path, fp16_file)
+            cap_ir_version(fp16_file, cfg.max_ir_version)
+            h = OnnxEncoder(onnx_dir, fp16=True, providers=["CPUExecutionProvider"]).encode(texts, batch_size=32)
+            fp16_diff, fp16_cos = max_abs_diff(ref, h), mean_cosine(ref, h)
+            logger.info("fp16 vs torch fp32: max abs diff %.3g, mean cosine %.6f", fp16_diff, fp16_cos)
+            if not fp16_cos >= FP16_MIN_COSINE:
+                fp16_file.unlink()
+                raise ExportError(
+                    f"the fp16 graph's mean cosine to torch is {fp16_cos:.5f}, below {FP16_MIN_COSINE} (activations "
+                    "out of float16 range?). Export without fp16 (export.fp16 = false) and serve fp32."
+                )
+            fp16_path = str(fp16_file)
+            meta["fp16"] = {"file": FP16_FILE, "max_abs_diff": fp16_diff, "cosine": fp16_cos}
+            _write_meta(onnx_dir, meta)
+            bar.update(1)
+
     return ExportResult(
         out_dir=str(out),
         st_dir=str(st_dir),
@@ -586,6 +535,9 @@ def export_model(
         int8_max_abs_diff=int8_diff,
         int8_cosine=int8_cos,
         int8_sha256=int8_sha,
+        fp16_path=fp16_path,
+        fp16_max_abs_diff=fp16_diff,
+        fp16_cosine=fp16_cos,
     )
 
 

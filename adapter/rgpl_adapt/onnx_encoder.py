@@ -5,7 +5,8 @@ Reads the folder written by :func:`rgpl_adapt.export.export_model` (``tokenizer.
 length-sorted batches, padded per batch to the longest text, truncated to the model's ``max_seq_len``
 exactly as sentence-transformers does, and returned in the caller's order.
 
-Which graph: ``int8=True`` takes ``model_int8.onnx``; otherwise the fused ``model_opt.onnx`` when the
+Which graph: ``int8=True`` takes ``model_int8.onnx``; on CUDA ``model_fp16.onnx`` when the export
+wrote one (``fp16=True`` forces it, ``False`` refuses it); otherwise the fused ``model_opt.onnx`` when the
 export wrote one (its parity with torch was checked then), else the portable ``model.onnx``.
 ``encoder.graph_path`` says which ran. Sessions run with every graph optimisation enabled.
 
@@ -76,6 +77,8 @@ class OnnxEncoder:
     Args:
         path: the export folder or its ``onnx/`` subfolder.
         int8: use ``model_int8.onnx`` (export with ``int8=True``).
+        fp16: use ``model_fp16.onnx`` (export with ``fp16=True``); ``None`` (default): when the export
+            wrote one and the session runs on CUDA (on CPU float16 is slower than float32).
         optimized: use the fused ``model_opt.onnx``; ``None`` (default): when the export wrote one.
         providers: onnxruntime execution providers; default CUDA when available, else CPU.
         threads: intra-op threads for onnxruntime (default: onnxruntime's choice).
@@ -92,6 +95,7 @@ class OnnxEncoder:
         path: str | os.PathLike,
         *,
         int8: bool = False,
+        fp16: bool | None = None,
         optimized: bool | None = None,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
@@ -104,14 +108,22 @@ class OnnxEncoder:
         self.onnx_dir = resolve_onnx_dir(path)
         self.meta: dict[str, Any] = json.loads((self.onnx_dir / META_FILE).read_text(encoding="utf-8"))
         fused = self.onnx_dir / "model_opt.onnx"
-        if int8:
+        if int8 and fp16:
+            raise ValueError("choose one of int8 and fp16")
+        chosen = list(providers) if providers is not None else default_providers()
+        if fp16 is None:
+            fp16 = chosen[0] == "CUDAExecutionProvider" and "fp16" in self.meta and not int8
+        if fp16:
+            graph = self.onnx_dir / "model_fp16.onnx"
+        elif int8:
             graph = self.onnx_dir / "model_int8.onnx"
         elif optimized or (optimized is None and fused.is_file()):
             graph = fused
         else:
             graph = self.onnx_dir / "model.onnx"
         if not graph.is_file():
-            hint = " (export with int8 enabled)" if int8 else " (export with optimize enabled)" if optimized else ""
+            hint = (" (export with int8 enabled)" if int8 else " (export with fp16 enabled)" if fp16
+                    else " (export with optimize enabled)" if optimized else "")
             raise FileNotFoundError(f"{graph} does not exist{hint}")
         self.graph_path = graph
 
@@ -130,7 +142,6 @@ class OnnxEncoder:
             options.intra_op_num_threads = int(threads)
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self.max_batch_tokens = max_batch_tokens
-        chosen = list(providers) if providers is not None else default_providers()
         self.session = ort.InferenceSession(str(graph), sess_options=options, providers=chosen)
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         unknown = set(self.input_names) - {"input_ids", "attention_mask", "token_type_ids"}

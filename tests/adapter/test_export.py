@@ -27,7 +27,7 @@ def sample_texts(documents) -> list[str]:
 @pytest.fixture(scope="module")
 def mean_export(tmp_path_factory, tiny_student, documents):
     out = tmp_path_factory.mktemp("export-mean")
-    result = export_model(tiny_student, out, ExportConfig(int8=True), sample_texts=sample_texts(documents))
+    result = export_model(tiny_student, out, ExportConfig(int8=True, fp16=True), sample_texts=sample_texts(documents))
     return result
 
 
@@ -163,6 +163,30 @@ def test_int8_export_is_reported_and_close(mean_export, documents):
     assert not np.array_equal(fp32, int8)
     cos = np.sum(fp32 * int8, axis=1) / (np.linalg.norm(fp32, axis=1) * np.linalg.norm(int8, axis=1))
     assert cos.min() > 0.95
+
+
+def test_fp16_export_is_checked_recorded_and_chosen_on_cuda_only(mean_export, tiny_student, documents):
+    r = mean_export
+    assert r.fp16_path is not None and Path(r.fp16_path).name == "model_fp16.onnx"
+    assert 0.999 <= r.fp16_cosine <= 1.0 + 1e-6 and 0.0 < r.fp16_max_abs_diff < 0.05
+    import onnx
+
+    weights = onnx.load(r.fp16_path).graph.initializer
+    assert any(w.data_type == onnx.TensorProto.FLOAT16 for w in weights)  # really float16 inside
+    meta = json.loads((Path(r.onnx_dir) / "rgpl_onnx.json").read_text())
+    assert meta["fp16"]["file"] == "model_fp16.onnx" and meta["fp16"]["cosine"] == pytest.approx(r.fp16_cosine)
+    texts = [d.full_text() for d in documents[10:20]]
+    half = OnnxEncoder(r.out_dir, fp16=True, providers=["CPUExecutionProvider"])
+    ref = load_st(tiny_student).encode(texts, convert_to_numpy=True)
+    got = half.encode(texts)
+    assert got.dtype == np.float32  # float32 in and out
+    cos = np.sum(ref * got, axis=1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
+    assert cos.min() > 0.999 and not np.array_equal(ref, got)
+    assert OnnxEncoder(r.out_dir, providers=["CPUExecutionProvider"]).graph_path.name == "model_opt.onnx"
+    on_cuda = OnnxEncoder(r.out_dir, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert on_cuda.graph_path.name == "model_fp16.onnx"  # picked for CUDA (the session falls back to CPU here)
+    with pytest.raises(ValueError, match="one of int8 and fp16"):
+        OnnxEncoder(r.out_dir, int8=True, fp16=True)
 
 
 def test_perturbed_graph_fails_the_parity_check(tmp_path, tiny_student, documents, monkeypatch):
