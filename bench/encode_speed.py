@@ -10,7 +10,8 @@ number as JSON to ``--out``.
 
 Paths: ``torch fp32`` and ``torch bf16 autocast`` (:func:`rgpl_adapt.encoding.encode_texts`, the
 remining path), ``onnx portable fp32`` (``model.onnx``, what ML Commons gets), ``onnx fused fp32``
-(``model_opt.onnx``, :class:`~rgpl_adapt.onnx_encoder.OnnxEncoder`'s default) , ``onnx int8`` and ``onnx fp16`` (the GPU graph, timed on CPU). ONNX paths spin like the pipeline's corpus encodes.
+(``model_opt.onnx``, :class:`~rgpl_adapt.onnx_encoder.OnnxEncoder`'s default), ``onnx int8`` and
+``onnx fp16`` (the GPU graph, timed on CPU). The ONNX paths spin like the pipeline's corpus encodes.
 
 Fair on a shared machine: the paths run interleaved, ``--rounds`` times each (the order rotates every
 round), and the table shows the median round, so background load hits every path alike; the load
