@@ -45,6 +45,7 @@ from rgpl_adapt.records import GeneratedQuery, NegativePool, read_jsonl, write_j
 from rgpl_adapt.runfolder import (  # noqa: F401 (re-exported: the names' old home)
     DENSE_SPACE,
     PipelineError,
+    corpus_encoder,
     hybrid_weight_of,
     load_encoder,
     open_embedded,
@@ -440,18 +441,23 @@ class Pipeline:
 
             from rgpl_adapt.onnx_encoder import OnnxEncoder
 
-            encoder = load_encoder(export_dir, self.cfg.export.onnx, bulk=True)
+            # documents: the fastest fp32-quality path here (runfolder.corpus_encoder); queries: what serving runs
+            docs_encoder, docs_path = corpus_encoder(export_dir, self.cfg.export.onnx, self.cfg.training.precision,
+                                                     self.device)
+            log.info("serve: encoding the corpus with %s", docs_path)
             self.backend.drop_vectors(DENSE_SPACE)
             n = 0
             if self.publisher is None:  # every document of the store, in resumable chunks (rgpl_adapt.chunked)
-                n = self._encode_store(encoder, stage_dir)
+                n = self._encode_store(docs_encoder, stage_dir, path=docs_path)
             for chunk in batched(self.publisher.documents() if self.publisher is not None else (), 10_000):
-                vecs = encoder.encode([d.full_text() for d in chunk], batch_size=64, progress=self.progress)
+                vecs = docs_encoder.encode([d.full_text() for d in chunk], batch_size=64, progress=self.progress)
                 self.backend.put_vectors(DENSE_SPACE, [d.id for d in chunk], vecs)
                 n += len(chunk)
+            encoder = load_encoder(export_dir, self.cfg.export.onnx)
             _, held = self._split(queries)
             weights = choose_hybrid_weight(self.backend, encoder, held)
-            out = {"vectors": n, "space": DENSE_SPACE, **weights, "onnx": isinstance(encoder, OnnxEncoder)}
+            out = {"vectors": n, "space": DENSE_SPACE, **weights, "onnx": isinstance(encoder, OnnxEncoder),
+                   "corpus_encoder": docs_path}
             if self.publisher is not None:
                 out["cluster"] = self.publisher.publish(export_dir, weights)
             return out
@@ -462,9 +468,11 @@ class Pipeline:
         m = self._stage("serve", inputs, build)
         return m.outputs
 
-    def _encode_store(self, encoder, stage_dir: Path) -> int:
-        """Encode the store chunk by chunk into stage_dir/vectors (a kill resumes), then serve them."""
-        return self._encode_into(encoder, self.backend, DENSE_SPACE, stage_dir / "vectors", key=self._upstream or "")
+    def _encode_store(self, encoder, stage_dir: Path, *, path: str = "") -> int:
+        """Encode the store chunk by chunk into stage_dir/vectors (a kill resumes with the same model and
+        encoding ``path``, never mixing two paths' vectors), then serve them."""
+        return self._encode_into(encoder, self.backend, DENSE_SPACE, stage_dir / "vectors",
+                                 key=f"{self._upstream or ''}:{path}")
 
     def _encode_into(self, encoder, backend: Backend, space: str, out: Path, *, key: str, batch_size: int = 64) -> int:
         """Every document of the store encoded in resumable chunks into ``out`` (a memory map), then put into ``space``."""

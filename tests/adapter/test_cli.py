@@ -51,6 +51,10 @@ def test_adapt_is_the_default_command_and_writes_everything(adapted_run):
     assert all(0.0 <= e["ndcg@10"] <= 1.0 for e in train["evals"])
     assert report["stages"]["export"]["max_abs_diff"] <= report["stages"]["export"]["tolerance"]
     assert 0.0 <= report["stages"]["serve"]["hybrid_weight"] <= 1.0
+    from rgpl_adapt.encoding import encode_precision
+
+    expected = "torch bf16 autocast" if encode_precision("auto", "cpu") == "bf16" else "onnx model_opt.onnx"
+    assert report["stages"]["serve"]["corpus_encoder"] == expected  # which path encoded the corpus, said
 
 
 def test_rerun_skips_by_manifest_and_changed_settings_rebuild(adapted_run, beir_dir, tiny_t5, tiny_cross_encoder, tiny_student):

@@ -272,7 +272,8 @@ def test_osmem_local_miner_publish_failure_then_publish_and_rollback(
         from rgpl_adapt.pipeline import load_encoder
 
         expected = load_encoder(run / "export").encode([documents[7].full_text()])[0]
-        np.testing.assert_allclose(served["rgpl_vector"], expected, rtol=1e-4, atol=1e-5)
+        got = np.asarray(served["rgpl_vector"])  # written by the corpus path (torch bf16 on bf16 CPUs)
+        assert float(got @ expected / np.linalg.norm(got) / np.linalg.norm(expected)) > 0.9999
         assert sorted(client.indices.get(index="docs*")) == ["docs-rgpl-v1", "docs-v0"]  # no shadow left
         info = json.loads((run / "report.json").read_text())["cluster"]
         assert info["miner"] == "local" and info["previous"] == "docs-v0" and "search_pipeline" not in info
