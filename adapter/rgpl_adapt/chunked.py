@@ -169,8 +169,8 @@ def encode_store_all_ranks(
     res = encode_store(encoder, index_dir, out, dim=dim, key=key, chunk_size=chunk_size,
                        batch_size=batch_size, info=info, progress=progress)
     barrier(info)  # every rank's chunks are flushed and marked
-    missing = [c for c in range(res.chunks) if not (out / "done" / str(c)).exists()]
-    if missing:
+    missing = [c for c in range(res.chunks) if info.is_main and not (out / "done" / str(c)).exists()]
+    if missing:  # checked by rank 0, the one that reads the file next
         raise RuntimeError(
             f"rank {info.rank}: chunks {missing[:5]} of {out / 'vectors.npy'} are not marked done although "
             "every rank has finished: the folder must be on storage that every rank sees"
