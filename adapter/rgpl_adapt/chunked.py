@@ -6,7 +6,7 @@ the corpus. Vectors go to ``vectors.npy`` (float32, shape (n, dim), opened with
 ``numpy.lib.format.open_memmap``); each finished chunk is flushed and then marked by an empty
 file ``done/<chunk>``. A rerun after a kill (even ``kill -9``) skips the marked chunks, so a kill
 at 9M of 10M continues from 9M. Under torchrun each rank encodes the chunks ``i % world == rank``
-of the same file (one machine or shared storage).
+of the same file (one machine or shared storage): :func:`encode_store_all_ranks`, called on every rank.
 
 Usage::
 
@@ -26,11 +26,18 @@ from pathlib import Path
 import numpy as np
 from rgpl_plugin.docstore import DocStore
 
-from rgpl_adapt.distributed import DistInfo, dist_info
+from rgpl_adapt.distributed import DistInfo, barrier, dist_info
 from rgpl_adapt.encoding import TextEncoder
 from rgpl_adapt.progress import ProgressFactory, silent
 
-__all__ = ["ChunkedResult", "StoreReader", "copy_documents", "encode_store", "put_in_chunks"]
+__all__ = [
+    "ChunkedResult",
+    "StoreReader",
+    "copy_documents",
+    "encode_store",
+    "encode_store_all_ranks",
+    "put_in_chunks",
+]
 
 DEFAULT_CHUNK = 65536
 log = logging.getLogger(__name__)
@@ -65,7 +72,11 @@ def _open_vectors(out: Path, n: int, dim: int, key: str, info: DistInfo, chunk_s
     if path.exists() and meta.exists() and json.loads(meta.read_text()) == want:
         return open_memmap(path, mode="r+")
     if not info.is_main:
-        raise RuntimeError(f"rank {info.rank}: {path} is not ready; rank 0 creates it first")
+        raise RuntimeError(
+            f"rank {info.rank}: {path} is not ready (missing, or made for another corpus, model or "
+            "chunk size): rank 0 creates it first (encode_store_all_ranks on every rank does), and the "
+            "folder must be on storage that every rank sees"
+        )
     if (out / "done").exists():  # a different corpus or model: the finished chunks do not apply
         for marker in (out / "done").iterdir():
             marker.unlink()
@@ -91,8 +102,8 @@ def encode_store(
     ``key`` names what is encoded with what (e.g. the run's upstream fingerprint): finished
     chunks are reused only under the same key, count and dimension, never mixed with vectors of
     another model. Peak memory: one chunk of texts and its vectors, plus the pages of the memory map in use.
-    Under torchrun, rank 0 must create the file before the others start (call it on rank 0
-    first, then barrier, then on every rank); each rank then encodes its own chunks.
+    Under torchrun, rank 0 must create the file before the others start; each rank then
+    encodes its own chunks (:func:`encode_store_all_ranks` does both).
     """
     info = info or dist_info()
     out = Path(out_dir)
@@ -120,6 +131,51 @@ def encode_store(
     finally:
         reader.close()
     return ChunkedResult(out / "vectors.npy", n, dim, n_chunks, len(todo), len(mine) - len(todo))
+
+
+def encode_store_all_ranks(
+    encoder: TextEncoder,
+    index_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    dim: int,
+    info: DistInfo,
+    key: str = "",
+    chunk_size: int = DEFAULT_CHUNK,
+    batch_size: int = 64,
+    progress: ProgressFactory = silent,
+) -> ChunkedResult:
+    """:func:`encode_store` by every rank of a torchrun job at once, into one ``out_dir/vectors.npy``.
+
+    Call it on every rank with the same arguments and encoder weights. Rank 0 creates the file
+    (or keeps it with its finished chunks), a barrier, each rank encodes its chunks
+    ``c % world == rank``, a barrier: on return every chunk is on disk, so rank 0 alone can
+    search or serve the file. Not distributed: :func:`encode_store` itself. The result counts
+    this rank's chunks.
+    """
+    if not info.enabled:
+        return encode_store(encoder, index_dir, out_dir, dim=dim, key=key, chunk_size=chunk_size,
+                            batch_size=batch_size, info=info, progress=progress)
+    out = Path(out_dir)
+    if info.is_main:
+        (out / "done").mkdir(parents=True, exist_ok=True)
+        reader = StoreReader(index_dir)
+        try:
+            created = _open_vectors(out, reader.count(), dim, key, info, chunk_size)
+            del created
+        finally:
+            reader.close()
+    barrier(info)  # the file exists before any rank writes its chunks into it
+    res = encode_store(encoder, index_dir, out, dim=dim, key=key, chunk_size=chunk_size,
+                       batch_size=batch_size, info=info, progress=progress)
+    barrier(info)  # every rank's chunks are flushed and marked
+    missing = [c for c in range(res.chunks) if info.is_main and not (out / "done" / str(c)).exists()]
+    if missing:  # checked by rank 0, the one that reads the file next
+        raise RuntimeError(
+            f"rank {info.rank}: chunks {missing[:5]} of {out / 'vectors.npy'} are not marked done although "
+            "every rank has finished: the folder must be on storage that every rank sees"
+        )
+    return res
 
 
 def put_in_chunks(backend, space: str, index_dir: str | os.PathLike, vectors: Path, chunk_size: int = 10_000) -> int:

@@ -5,7 +5,9 @@ Rank 0 does everything that writes (stages before training, remining and labelli
 checkpoints, export); the other ranks wait at barriers and read what rank 0 wrote, so the run
 folder must be visible to all ranks (one machine, or shared storage). Each rank takes its
 share of every global batch and DDP averages the gradients, which equals the single-process
-gradient of the same global batch.
+gradient of the same global batch. The corpus encodes (mining, each remining round, serving)
+are shared too: every rank encodes its chunks of the store into one memory-mapped file
+(:func:`rgpl_adapt.chunked.encode_store_all_ranks`) before rank 0 searches and writes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,21 @@ def barrier(info: DistInfo) -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def from_main(info: DistInfo, value: T) -> T:
+    """Rank 0's ``value`` on every rank (``value`` itself when not distributed).
+
+    For decisions that choose which collectives follow (skip a stage or build it): every rank
+    then takes rank 0's branch, whatever it sees of the run folder itself.
+    """
+    if not info.enabled:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def shard(items: list, info: DistInfo) -> list:

@@ -10,6 +10,10 @@ later stages read from it by id or by chunk (:class:`rgpl_plugin.docstore.DocSto
 reads its seeded sample of passages, mining, remining and serving encode the store chunk by chunk
 into memory-mapped vectors (:mod:`rgpl_adapt.chunked`, resumable per chunk), training loads the
 texts of its triples only. ``chunk_size`` sets the chunk of the store build and of encoding.
+
+Under torchrun rank 0 builds the store and the queries, then every rank runs the stages in
+:data:`EVERY_RANK`: each encodes its chunks of the corpus for mining and serving (and for each
+remining round), while rank 0 alone searches, labels, exports and records the stages.
 """
 
 from __future__ import annotations
@@ -29,10 +33,10 @@ from typing import Any, Protocol
 from rgpl_plugin.base import Backend, Document
 from rgpl_plugin.docstore import DocStore
 
-from rgpl_adapt.chunked import DEFAULT_CHUNK
+from rgpl_adapt.chunked import DEFAULT_CHUNK, ChunkedResult
 from rgpl_adapt.config import AdaptConfig, config_hash
 from rgpl_adapt.devices import resolve_device
-from rgpl_adapt.distributed import DistInfo, barrier, init_distributed
+from rgpl_adapt.distributed import DistInfo, barrier, from_main, init_distributed
 from rgpl_adapt.heldout import (  # noqa: F401 (re-exported: the names' old home)
     DEFAULT_HYBRID_WEIGHT,
     MIN_DECIDE,
@@ -55,6 +59,7 @@ from rgpl_adapt.runfolder import (  # noqa: F401 (re-exported: the names' old ho
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[str, dict[str, Any]], None]
+EVERY_RANK = ("negatives", "train", "serve")  # stages built by every torchrun rank (rank 0 records them)
 
 
 def _ignore(event: str, info: dict[str, Any]) -> None:
@@ -132,8 +137,12 @@ class Pipeline:
     # ------------------------------------------------------------------ stage plumbing
     def _stage(self, name: str, inputs: dict[str, Any], build: Callable[[Path], dict[str, Any]]) -> Manifest:
         stage_dir = self.dir / name
+        every_rank = name in EVERY_RANK
+        if every_rank:  # rank 0's fingerprint chain and decision: every rank takes the same branch
+            self._upstream = from_main(self.dist, self._upstream)
         expected = Manifest.for_inputs(name, upstream=self._upstream, **inputs)
-        if is_complete(stage_dir, expected):
+        complete = is_complete(stage_dir, expected)
+        if from_main(self.dist, complete) if every_rank else complete:
             found = read_manifest(stage_dir)
             assert found is not None
             self.emit("stage_skipped", {"stage": name, "reason": "manifest matches", **found.outputs})
@@ -141,10 +150,12 @@ class Pipeline:
             self._upstream = expected.fingerprint
             return found
         if not self.dist.is_main:
-            # Under torchrun only training runs on every rank; rank 0 alone runs and records the rest.
-            if name != "train":
+            # Under torchrun rank 0 alone runs and records the other stages; here this rank does its share.
+            if not every_rank:
                 raise PipelineError(f"rank {self.dist.rank}: stage {name!r} was not completed by rank 0")
             build(stage_dir)
+            self._upstream = expected.fingerprint
+            barrier(self.dist)  # rank 0 finishes and records the stage
             return expected
         if read_manifest(stage_dir) is not None:
             self.emit("stage_stale", {"stage": name, "reason": "settings or inputs changed"})
@@ -157,6 +168,8 @@ class Pipeline:
         self.emit("stage_done", {"stage": name, **outputs})
         self.report["stages"][name] = outputs
         self._upstream = expected.fingerprint
+        if every_rank:
+            barrier(self.dist)  # the others read the stage's outputs after this
         return done
 
     # ------------------------------------------------------------------ stages
@@ -320,27 +333,33 @@ class Pipeline:
         mc = self.cfg.mining
 
         def build(stage_dir: Path) -> dict[str, Any]:
+            from rgpl_adapt.chunked import ChunkedResult, put_in_chunks
             from rgpl_adapt.encoding import SentenceTransformerEncoder, encode_precision
-            from rgpl_adapt.mining import mine_negatives
+            from rgpl_adapt.mining import mine_negatives, space_name
             from rgpl_adapt.models import load_sentence_transformer
 
             bf16 = encode_precision(self.cfg.training.precision, self.device) == "bf16"
             searches: dict[str, dict] = {}  # per retriever: exact or HNSW, and the measured recall
-            retrievers = [
-                (
-                    name,
-                    SentenceTransformerEncoder(
-                        load_sentence_transformer(name, self.device, mc.max_seq_len),
-                        normalize=mc.similarity == "cosine",
-                        autocast_bf16=bf16,
-                    ),
-                )
-                for name in mc.retrievers
-            ]
+
+            def encoder_of(name: str) -> SentenceTransformerEncoder:
+                model = load_sentence_transformer(name, self.device, mc.max_seq_len)
+                cosine = mc.similarity == "cosine"
+                return SentenceTransformerEncoder(model, normalize=cosine, autocast_bf16=bf16)
+
+            def encode_corpus(space: str, name: str, encoder: Any) -> ChunkedResult:
+                # every document of the store, in resumable chunks into a memory map (each rank its chunks)
+                key = f"{self._upstream}:{name}:{config_hash(mc)}"
+                return self._encode_vectors(encoder, stage_dir / "vectors" / space, key=key,
+                                            batch_size=mc.encode_batch_size)
+
+            if not self.dist.is_main:  # under torchrun: this rank's chunks of each miner's corpus vectors
+                for name in mc.retrievers:  # in rank 0's order (mine_negatives)
+                    encode_corpus(space_name(name), name, encoder_of(name))
+                return {}
+            retrievers = [(name, encoder_of(name)) for name in mc.retrievers]
+
             def write_corpus(backend: Backend, space: str, name: str, encoder: Any) -> int:
-                # every document of the store, in resumable chunks into a memory map, then into the space
-                return self._encode_into(encoder, backend, space, stage_dir / "vectors" / space,
-                                         key=f"{self._upstream}:{name}:{config_hash(mc)}", batch_size=mc.encode_batch_size)
+                return put_in_chunks(backend, space, self.store_dir, encode_corpus(space, name, encoder).path)
 
             pools = mine_negatives(
                 queries,
@@ -444,6 +463,10 @@ class Pipeline:
             # documents: the fastest fp32-quality path here (runfolder.corpus_encoder); queries: what serving runs
             docs_encoder, docs_path = corpus_encoder(export_dir, self.cfg.export.onnx, self.cfg.training.precision,
                                                      self.device)
+            if not self.dist.is_main:  # under torchrun: this rank's chunks of the store; rank 0 serves them
+                if self.publisher is None:
+                    self._encode_vectors(docs_encoder, stage_dir / "vectors", key=self._serve_key(docs_path))
+                return {}
             log.info("serve: encoding the corpus with %s", docs_path)
             self.backend.drop_vectors(DENSE_SPACE)
             n = 0
@@ -468,27 +491,37 @@ class Pipeline:
         m = self._stage("serve", inputs, build)
         return m.outputs
 
-    def _encode_store(self, encoder, stage_dir: Path, *, path: str = "") -> int:
-        """Encode the store chunk by chunk into stage_dir/vectors (a kill resumes with the same model and
-        encoding ``path``, never mixing two paths' vectors), then serve them."""
-        return self._encode_into(encoder, self.backend, DENSE_SPACE, stage_dir / "vectors",
-                                 key=f"{self._upstream or ''}:{path}")
+    def _serve_key(self, path: str) -> str:
+        """What the serving vectors are of: the run's upstream stages and the encoding path (a resumed encode
+        never mixes two paths' vectors)."""
+        return f"{self._upstream or ''}:{path}"
 
-    def _encode_into(self, encoder, backend: Backend, space: str, out: Path, *, key: str, batch_size: int = 64) -> int:
-        """Every document of the store encoded in resumable chunks into ``out`` (a memory map), then put into ``space``."""
-        from rgpl_adapt.chunked import encode_store, put_in_chunks
+    def _encode_store(self, encoder, stage_dir: Path, *, path: str = "") -> int:
+        """Encode the store chunk by chunk into stage_dir/vectors (a kill resumes), then serve them."""
+        from rgpl_adapt.chunked import put_in_chunks
+
+        res = self._encode_vectors(encoder, stage_dir / "vectors", key=self._serve_key(path))
+        return put_in_chunks(self.backend, DENSE_SPACE, self.store_dir, res.path)
+
+    def _encode_vectors(self, encoder, out: Path, *, key: str, batch_size: int = 64) -> ChunkedResult:
+        """Every document of the store encoded in resumable chunks into ``out`` (a memory map).
+
+        Under torchrun every rank calls it and encodes its share of the chunks
+        (:func:`rgpl_adapt.chunked.encode_store_all_ranks`); rank 0 then reads the whole file.
+        """
+        from rgpl_adapt.chunked import encode_store_all_ranks
 
         dim = int(encoder.encode(["dimension probe"], batch_size=1).shape[1])
-        res = encode_store(encoder, self.store_dir, out, dim=dim, key=key, info=DistInfo(), progress=self.progress,
-                           chunk_size=self.chunk_size, batch_size=batch_size)
-        return put_in_chunks(backend, space, self.store_dir, res.path)
+        return encode_store_all_ranks(encoder, self.store_dir, out, dim=dim, key=key, info=self.dist,
+                                      progress=self.progress, chunk_size=self.chunk_size,
+                                      batch_size=batch_size)
 
     # ------------------------------------------------------------------ public
     def run(self, *, resume: bool = False, restart: bool = False, stop_after: int | None = None) -> AdaptResult:
         self.dist, self.device = init_distributed(self.device)
         if not self.dist.is_main:
             self.progress, self.emit = silent, _ignore
-            barrier(self.dist)  # rank 0 runs the stages before training; the others then read them
+            barrier(self.dist)  # rank 0 builds the store and the queries; the others then read them
         else:
             self.dir.mkdir(parents=True, exist_ok=True)
             (self.dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
@@ -497,14 +530,15 @@ class Pipeline:
         if store.count() < 2:
             raise PipelineError("the corpus needs at least 2 documents (a positive and a negative)")
         queries = self._stage_queries(store)
-        pools = self._stage_negatives(queries)
         if self.dist.is_main:
             barrier(self.dist)
+        pools = self._stage_negatives(queries)  # this and the stages below: every rank (EVERY_RANK)
         model_dir = self._stage_train(queries, pools, resume=resume, restart=restart, stop_after=stop_after)
-        if not self.dist.is_main:  # export, serving and publishing are rank 0's
-            return AdaptResult(self.dir, model_dir, None, self.report)
-        export_dir = self._stage_export(model_dir, store)
+        export_dir = self._stage_export(model_dir, store) if self.dist.is_main else self.dir / "export"
+        barrier(self.dist)  # rank 0 has exported: every rank loads the export to encode its serving chunks
         served = self._stage_serve(export_dir, queries)
+        if not self.dist.is_main:  # publishing and the report are rank 0's
+            return AdaptResult(self.dir, model_dir, None, self.report)
         if self.publisher is not None:
             self.report["cluster"] = {**self.publisher.describe(), **served.get("cluster", {})}
         self.report["seconds"] = round(time.perf_counter() - t0, 3)

@@ -25,6 +25,9 @@ from rgpl_plugin.base import Backend
 if TYPE_CHECKING:  # pragma: no cover
     from sentence_transformers import SentenceTransformer
 
+    from rgpl_adapt.chunked import ChunkedResult
+    from rgpl_adapt.distributed import DistInfo
+
 log = logging.getLogger(__name__)
 
 
@@ -38,6 +41,34 @@ class RemineResult:
 
 def space_name(round_index: int) -> str:
     return f"student-r{round_index}"
+
+
+def encode_corpus(
+    student: SentenceTransformer,
+    store: str | os.PathLike,
+    work_dir: str | os.PathLike,
+    *,
+    info: DistInfo,
+    normalize: bool,
+    autocast_bf16: bool,
+    batch_size: int,
+    chunk_size: int,
+    key: str,
+    progress: ProgressFactory = silent,
+) -> ChunkedResult:
+    """The store encoded by ``student`` into ``work_dir/vectors`` (resumable chunks), read by :func:`remine`.
+
+    Under torchrun (``info.enabled``) call it on every rank, with the same student weights (DDP
+    keeps them equal): each rank encodes its share of the chunks
+    (:func:`rgpl_adapt.chunked.encode_store_all_ranks`).
+    """
+    from rgpl_adapt.chunked import encode_store_all_ranks
+    from rgpl_adapt.encoding import SentenceTransformerEncoder, embedding_dim
+
+    encoder = SentenceTransformerEncoder(student, normalize=normalize, autocast_bf16=autocast_bf16)
+    return encode_store_all_ranks(encoder, store, Path(work_dir) / "vectors", dim=embedding_dim(student),
+                                  info=info, key=key, chunk_size=chunk_size, batch_size=batch_size,
+                                  progress=progress)
 
 
 def remine(
@@ -73,19 +104,19 @@ def remine(
     :func:`rgpl_adapt.chunked.encode_store`, ``key`` names the student, e.g. its checkpoint), so a
     kill during remining continues after the last finished chunk and memory holds one chunk. The
     caller removes ``work_dir/vectors`` once the round is recorded (a kill while labelling reuses it).
+    Under torchrun the ranks encode it first, together (:func:`encode_corpus`); this rank-0 call then
+    finds every chunk finished.
     """
     space = space_name(round_index)
     if store is not None:
-        from rgpl_adapt.chunked import encode_store, put_in_chunks
+        from rgpl_adapt.chunked import put_in_chunks
         from rgpl_adapt.distributed import DistInfo
-        from rgpl_adapt.encoding import SentenceTransformerEncoder, embedding_dim
 
         if work_dir is None:
             raise ValueError("remine(store=...) needs work_dir, the folder of the resumable vector chunks")
-        out = Path(work_dir) / "vectors"
-        encoder = SentenceTransformerEncoder(student, normalize=normalize, autocast_bf16=autocast_bf16)
-        res = encode_store(encoder, store, out, dim=embedding_dim(student), key=key, chunk_size=chunk_size,
-                           batch_size=batch_size, info=DistInfo(), progress=progress)
+        res = encode_corpus(student, store, work_dir, info=DistInfo(), normalize=normalize,
+                            autocast_bf16=autocast_bf16, batch_size=batch_size, chunk_size=chunk_size,
+                            key=key, progress=progress)
         backend.drop_vectors(space)
         put_in_chunks(backend, space, store, res.path)
     else:

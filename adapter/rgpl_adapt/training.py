@@ -7,6 +7,8 @@ of its pool) and labelled by the teacher. Round 0 uses the initial mined pools; 
 first re-mines with the current student (:mod:`rgpl_adapt.remining`). One linear warm-up /
 decay schedule spans all rounds.
 
+Under torchrun every rank encodes its chunks of the store for a remining round; rank 0 searches and labels.
+
 Everything needed to resume is on disk: ``checkpoints/step-N/`` holds the student, the
 optimizer, the scheduler, the step and the RNG states; ``rounds/rK/`` holds the round's pools
 and labelled triples (the data position is the step within the round).
@@ -28,14 +30,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rgpl_adapt.config import AdaptConfig, config_hash
-from rgpl_adapt.distributed import barrier, dist_info, shard
+from rgpl_adapt.distributed import barrier, dist_info, from_main, shard
 from rgpl_adapt.encoding import encode_precision, features
 from rgpl_adapt.labeling import ScoreCache, Teacher, label_triples, margin_stats, sample_triples
 from rgpl_adapt.losses import margin_mse
 from rgpl_adapt.manifest import Manifest, is_complete, write_manifest
 from rgpl_adapt.progress import ProgressFactory, silent
 from rgpl_adapt.records import GeneratedQuery, LabeledTriple, NegativePool, read_jsonl, write_jsonl
-from rgpl_adapt.remining import remine
+from rgpl_adapt.remining import encode_corpus, remine
 from rgpl_plugin.base import Backend
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -176,6 +178,12 @@ class Trainer:
         """Pools and labelled triples of round ``r`` (re-mined for r > 0), persisted; loaded if done."""
         rdir = self._round_dir(r)
         expected = self._round_manifest(r)
+        if r > 0 and self.dist.enabled and self.data.store is not None:
+            if not from_main(self.dist, is_complete(rdir, expected)):  # every rank takes rank 0's branch
+                # each rank its chunks, with the student (equal on all ranks under DDP); rank 0's remine
+                # then finds every chunk done
+                encode_corpus(model, self.data.store, rdir, info=self.dist, progress=self.progress,
+                              **self._corpus_encoding(r))
         if self.dist.is_main:
             labeled = self._build_round(r, model, previous, rdir, expected)
         barrier(self.dist)  # under torchrun, rank 0 re-mines and labels while the others wait here
@@ -186,6 +194,19 @@ class Trainer:
         if hasattr(self.data.text_of, "load"):  # a document store: hold the texts of this round's triples only
             self.data.text_of.load(d for t in labeled for d in (t.pos_id, t.neg_id))
         return labeled
+
+    def _corpus_encoding(self, r: int) -> dict[str, Any]:
+        """How round ``r`` re-encodes the corpus: the same on every rank and in :func:`remine`."""
+        return {
+            "normalize": self.tc.similarity == "cosine",
+            "batch_size": self.cfg.remine.encode_batch_size,
+            # auto: bf16 where the CPU/GPU has it; 2.4x faster on AVX512-bf16 CPUs, top-10 overlap 0.993
+            # (bench/remine_cost.py); rule in rgpl_adapt.encoding.encode_precision
+            "autocast_bf16": encode_precision(self.tc.precision, self.device) == "bf16",
+            "chunk_size": self.data.chunk_size,
+            # the checkpoint at the round's first step encodes
+            "key": f"{self.fingerprint}:r{r}:{self.rounds[r][0]}",
+        }
 
     def _build_round(
         self, r: int, model: SentenceTransformer, previous: list[NegativePool] | None, rdir: Path, expected: Manifest
@@ -207,17 +228,11 @@ class Trainer:
                 round_index=r,
                 k=self.cfg.remine.k,
                 previous=previous,
-                normalize=self.tc.similarity == "cosine",
-                batch_size=self.cfg.remine.encode_batch_size,
                 progress=self.progress,
-                # auto: bf16 where the CPU/GPU has it; 2.4x faster on AVX512-bf16 CPUs, top-10 overlap 0.993
-                # (bench/remine_cost.py); rule in rgpl_adapt.encoding.encode_precision
-                autocast_bf16=encode_precision(self.tc.precision, self.device) == "bf16",
                 exact_budget_s=self.cfg.remine.exact_budget_s,
                 store=self.data.store,
                 work_dir=rdir,
-                chunk_size=self.data.chunk_size,
-                key=f"{self.fingerprint}:r{r}:{start}",  # the checkpoint at the round's first step encodes
+                **self._corpus_encoding(r),
             )
             pools = result.pools
             info.update(churn=result.churn, remine_seconds=time.perf_counter() - t0, search=result.search)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rgpl_adapt.chunked import StoreReader, encode_store
+from rgpl_adapt.chunked import StoreReader, encode_store, encode_store_all_ranks
 from rgpl_adapt.distributed import DistInfo
 from rgpl_adapt.records import Document
 
@@ -60,6 +60,24 @@ def test_ranks_encode_disjoint_shares_of_one_file(tmp_path):
     assert r1.encoded_chunks == 2  # chunks 1 and 3 of 0..4
     full = encode_store(HashEncoder(), tmp_path / "index", tmp_path / "single", dim=8, chunk_size=50)
     np.testing.assert_array_equal(np.load(r1.path), np.load(full.path))
+
+
+def test_a_rank_that_finds_no_file_says_rank_0_creates_it(tmp_path):
+    index = build_store(tmp_path / "index", 120)
+    with pytest.raises(RuntimeError, match="rank 1: .* is not ready .* rank 0 creates it first"):
+        encode_store(HashEncoder(), index, tmp_path / "vec", dim=8, chunk_size=50, info=DistInfo(rank=1, world=2))
+    encode_store(HashEncoder(), index, tmp_path / "vec", dim=8, chunk_size=50, key="a", info=DistInfo(rank=0, world=2))
+    with pytest.raises(RuntimeError, match="not ready"):  # made for another model (key): not this rank's to reset
+        encode_store(HashEncoder(), index, tmp_path / "vec", dim=8, chunk_size=50, key="b", info=DistInfo(rank=1, world=2))
+
+
+def test_one_process_encodes_all_ranks_share_as_encode_store_does(tmp_path):
+    index = build_store(tmp_path / "index", 120)
+    enc = HashEncoder()
+    res = encode_store_all_ranks(enc, index, tmp_path / "vec", dim=8, chunk_size=50, info=DistInfo())
+    assert (res.chunks, res.encoded_chunks, enc.calls) == (3, 3, [50, 50, 20])
+    plain = encode_store(HashEncoder(), index, tmp_path / "plain", dim=8, chunk_size=50)
+    assert np.load(res.path).tobytes() == np.load(plain.path).tobytes()
 
 
 def test_a_changed_store_starts_over_instead_of_mixing_vectors(tmp_path):

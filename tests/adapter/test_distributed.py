@@ -1,11 +1,21 @@
-"""Data-parallel training: 2 CPU processes (gloo) give the same model as 1 process on the same global batches."""
+"""Data-parallel training: 2 CPU processes (gloo) give the same model as 1 process on the same global batches,
+and share the corpus encodes (each rank its chunks of one vectors file)."""
 
+import json
+import logging
+import re
 import socket
+from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
 from rgpl_adapt.distributed import DistInfo, dist_info, shard
+from rgpl_adapt.labeling import ScoreCache
+from rgpl_adapt.training import Trainer, TrainingData
 from tests.adapter.test_training import make_trainer, small_config, weights
+from tests.fakes import OverlapTeacher, random_pools, title_queries
 
 
 def test_dist_info_from_env(monkeypatch):
@@ -35,18 +45,53 @@ def no_dropout_copy(src, dst):
     return dst
 
 
-def _worker(rank, world, port, cfg, work, index_dir, documents):
+def log_chunks(path: Path) -> None:
+    """Write this process's "encoded chunk C of N into DIR" records (rgpl_adapt.chunked) to ``path``."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("rgpl_adapt.chunked")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+
+
+def encoded_chunks(log: Path, root: Path) -> dict[str, list[int]]:
+    """``{vectors folder relative to root: chunks encoded}`` from a :func:`log_chunks` file."""
+    found: dict[str, list[int]] = {}
+    for line in log.read_text().splitlines():
+        m = re.fullmatch(r"encoded chunk (\d+) of \d+ into (.+)", line)
+        if m:
+            found.setdefault(Path(m[2]).relative_to(root).as_posix(), []).append(int(m[1]))
+    return found
+
+
+def join_group(rank: int, world: int, port: int) -> None:
     import os
 
     from rgpl_adapt.distributed import init_distributed
-    from rgpl_plugin.embedded import EmbeddedBackend
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     init_distributed("cpu")
+
+
+def store_trainer(cfg, work, backend, documents, store) -> Trainer:
+    """:func:`make_trainer` with the texts read from a document store (as the pipeline does), 16 per chunk."""
+    queries = title_queries(documents)
+    return Trainer(cfg, work, student_path=cfg.training.student, backend=backend,
+                   data=TrainingData(queries, store=store, chunk_size=16),
+                   initial_pools=random_pools(queries, documents), teacher=OverlapTeacher(),
+                   cache=ScoreCache(work / "scores.jsonl", key="overlap"), device="cpu")
+
+
+def _worker(rank, world, port, cfg, work, index_dir, documents, store):
+    from rgpl_plugin.embedded import EmbeddedBackend
+
+    join_group(rank, world, port)
+    log_chunks(work.parent / f"ddp-rank{rank}.log")
     backend = EmbeddedBackend.open(index_dir)
     try:
-        make_trainer(cfg, work, backend, documents).run()
+        trainer = store_trainer(cfg, work, backend, documents, index_dir) if store else make_trainer(cfg, work, backend, documents)
+        trainer.run()
     finally:
         backend.close()
         torch.distributed.destroy_process_group()
@@ -58,22 +103,79 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_ddp_matches_one_process(tmp_path, documents, tiny_student, monkeypatch):
+@pytest.mark.parametrize("store", [False, True], ids=["texts-in-memory", "document-store"])
+def test_two_process_ddp_matches_one_process(tmp_path, documents, tiny_student, monkeypatch, store):
     from rgpl_plugin.embedded import EmbeddedBackend
 
     student = no_dropout_copy(tiny_student, tmp_path / "student")
     cfg = small_config(student, steps=4, every=2)
-    EmbeddedBackend.create(tmp_path / "index", documents).close()
+    index = tmp_path / "index"
+    EmbeddedBackend.create(index, documents).close()
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    with EmbeddedBackend.open(tmp_path / "index") as backend:
-        single = make_trainer(cfg, tmp_path / "single", backend, documents).run()
+    with EmbeddedBackend.open(index) as backend:
+        trainer = store_trainer(cfg, tmp_path / "single", backend, documents, index) if store else None
+        single = (trainer or make_trainer(cfg, tmp_path / "single", backend, documents)).run()
     torch.multiprocessing.spawn(
-        _worker, args=(2, free_port(), cfg, tmp_path / "ddp", tmp_path / "index", documents), nprocs=2, join=True
+        _worker, args=(2, free_port(), cfg, tmp_path / "ddp", index, documents, store), nprocs=2, join=True
     )
     a, b = weights(single.model_dir), weights(tmp_path / "ddp" / "final")
     changed = any(not torch.equal(a[k], weights(student)[k]) for k in a)
     assert changed
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-5), key
-    # rank 0 alone wrote the round files and checkpoints
+    # rank 0 alone wrote the round files and checkpoints; it re-mined the same negatives as one process
     assert (tmp_path / "ddp" / "rounds" / "r1" / "manifest.json").exists()
+    pools = [(tmp_path / run / "rounds" / "r1" / "pools.jsonl").read_text() for run in ("single", "ddp")]
+    assert pools[0] == pools[1]
+    logs = [encoded_chunks(tmp_path / f"ddp-rank{r}.log", tmp_path / "ddp") for r in (0, 1)]
+    if store:  # the student's corpus encode of round 1 (60 documents, 4 chunks of 16) was shared by the ranks
+        assert logs == [{"rounds/r1/vectors": [0, 2]}, {"rounds/r1/vectors": [1, 3]}]
+    else:  # texts in memory: rank 0 encodes them all (no chunks)
+        assert logs == [{}, {}]
+
+
+def _encode_rank(rank, world, port, student, index, out, chunk_log):
+    from rgpl_adapt.chunked import encode_store_all_ranks
+    from rgpl_adapt.distributed import barrier
+    from rgpl_adapt.encoding import SentenceTransformerEncoder
+    from rgpl_adapt.models import load_sentence_transformer
+
+    join_group(rank, world, port)
+    log_chunks(chunk_log / f"rank{rank}.log")
+    encoder, info = SentenceTransformerEncoder(load_sentence_transformer(str(student))), dist_info()
+    results = []
+    for _ in range(2):
+        res = encode_store_all_ranks(encoder, index, out, dim=32, info=info, key="tiny", chunk_size=16, batch_size=8)
+        results.append([res.encoded_chunks, res.skipped_chunks, res.chunks])
+        (chunk_log / f"rank{rank}.json").write_text(json.dumps(results))
+        barrier(info)
+        if rank == 0 and len(results) == 1:
+            np.save(chunk_log / "first.npy", np.load(out / "vectors.npy"))
+            (out / "done" / "3").unlink()  # as after a kill between writing chunk 3 and marking it
+        barrier(info)
+    torch.distributed.destroy_process_group()
+
+
+def test_two_ranks_share_one_vectors_file_and_resume_it(tmp_path, documents, tiny_student, monkeypatch):
+    from rgpl_adapt.chunked import encode_store
+    from rgpl_adapt.encoding import SentenceTransformerEncoder
+    from rgpl_adapt.models import load_sentence_transformer
+    from rgpl_plugin.embedded import EmbeddedBackend
+
+    index, out, logs = tmp_path / "index", tmp_path / "ddp", tmp_path / "logs"
+    EmbeddedBackend.create(index, documents).close()  # 60 documents: 4 chunks of 16
+    logs.mkdir()
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    encoder = SentenceTransformerEncoder(load_sentence_transformer(str(tiny_student)))
+    assert encoder.encode(["x"]).shape == (1, 32)
+    single = np.load(encode_store(encoder, index, tmp_path / "single", dim=32, key="tiny", chunk_size=16,
+                                  batch_size=8).path)
+    torch.multiprocessing.spawn(_encode_rank, args=(2, free_port(), tiny_student, index, out, logs), nprocs=2, join=True)
+    # [encoded, skipped, chunks] of each call: each rank its own chunks; on the second call only chunk 3 again
+    assert [json.loads((logs / f"rank{r}.json").read_text()) for r in (0, 1)] == [
+        [[2, 0, 4], [0, 2, 4]],
+        [[2, 0, 4], [1, 1, 4]],
+    ]
+    assert [encoded_chunks(logs / f"rank{r}.log", tmp_path) for r in (0, 1)] == [{"ddp": [0, 2]}, {"ddp": [1, 3, 3]}]
+    np.testing.assert_allclose(np.load(logs / "first.npy"), single, rtol=1e-5, atol=1e-6)  # equal to one process
+    np.testing.assert_allclose(np.load(out / "vectors.npy"), single, rtol=1e-5, atol=1e-6)

@@ -3,10 +3,11 @@
 import dataclasses
 import json
 
+import numpy as np
 import torch
 
 from rgpl_adapt.config import AdaptConfig
-from tests.adapter.test_distributed import free_port, no_dropout_copy
+from tests.adapter.test_distributed import encoded_chunks, free_port, log_chunks, no_dropout_copy
 
 
 def tiny_config(beir_dir, t5, ce, student) -> AdaptConfig:
@@ -34,8 +35,9 @@ def _rank(rank, world, port, cfg, run_dir, out):
     torch.set_num_threads(1)
     from rgpl_adapt.pipeline import Pipeline
 
+    log_chunks(out / f"rank{rank}.log")
     events = []
-    result = Pipeline(cfg, run_dir, on_event=lambda e, i: events.append(e)).run()
+    result = Pipeline(cfg, run_dir, on_event=lambda e, i: events.append(e), chunk_size=16).run()
     (out / f"rank{rank}.json").write_text(json.dumps({"events": events, "onnx": str(result.onnx_dir)}))
     torch.distributed.destroy_process_group()
 
@@ -51,6 +53,18 @@ def test_torchrun_rank0_runs_the_stages_and_all_ranks_train(tmp_path, beir_dir, 
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["stages"]["train"]["steps"] == 4
     assert [r["round"] for r in report["stages"]["train"]["rounds"]] == [0, 1]
+    # the corpus encodes (60 documents, 4 chunks of 16) were shared: mining, remining round 1, serving
+    from rgpl_adapt.chunked import encode_store
+    from rgpl_adapt.mining import space_name
+    from rgpl_adapt.runfolder import load_encoder
+
+    encodes = (f"negatives/vectors/{space_name(str(student))}", "train/rounds/r1/vectors", "serve/vectors")
+    for rank in (0, 1):
+        assert encoded_chunks(tmp_path / f"rank{rank}.log", tmp_path / "run") == {e: [rank, rank + 2] for e in encodes}
+    encoder = load_encoder(tmp_path / "run" / "export", cfg.export.onnx)
+    single = encode_store(encoder, tmp_path / "run" / "index", tmp_path / "single", dim=32, chunk_size=16)
+    served = np.load(tmp_path / "run" / "serve" / "vectors" / "vectors.npy")
+    np.testing.assert_allclose(served, np.load(single.path), rtol=1e-5, atol=1e-6)  # as one process encodes them
 
 
 def test_miners_rank_by_cosine_and_the_report_says_so(tmp_path, beir_dir, tiny_t5, tiny_cross_encoder, tiny_student, monkeypatch):
