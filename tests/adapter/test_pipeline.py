@@ -56,12 +56,12 @@ def test_torchrun_rank0_runs_the_stages_and_all_ranks_train(tmp_path, beir_dir, 
     # the corpus encodes (60 documents, 4 chunks of 16) were shared: mining, remining round 1, serving
     from rgpl_adapt.chunked import encode_store
     from rgpl_adapt.mining import space_name
-    from rgpl_adapt.runfolder import load_encoder
+    from rgpl_adapt.runfolder import corpus_encoder
 
     encodes = (f"negatives/vectors/{space_name(str(student))}", "train/rounds/r1/vectors", "serve/vectors")
     for rank in (0, 1):
         assert encoded_chunks(tmp_path / f"rank{rank}.log", tmp_path / "run") == {e: [rank, rank + 2] for e in encodes}
-    encoder = load_encoder(tmp_path / "run" / "export", cfg.export.onnx)
+    encoder, _ = corpus_encoder(tmp_path / "run" / "export", cfg.export.onnx, cfg.training.precision, "cpu")
     single = encode_store(encoder, tmp_path / "run" / "index", tmp_path / "single", dim=32, chunk_size=16)
     served = np.load(tmp_path / "run" / "serve" / "vectors" / "vectors.npy")
     np.testing.assert_allclose(served, np.load(single.path), rtol=1e-5, atol=1e-6)  # as one process encodes them
