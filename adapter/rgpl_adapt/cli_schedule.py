@@ -74,7 +74,8 @@ def _borrow_adapt_options(fn: Any) -> Any:
 
 def build_readapter(opts: dict[str, Any], *, progress: Any = None, on_event: Any = None) -> Any:
     """A :class:`~rgpl_adapt.readapt.Readapter` from the command's options (UsageError on conflicts)."""
-    from rgpl_adapt.cli import _build_config, _setup_logging, cluster_settings, options_from
+    from rgpl_adapt.cli import _build_config, _setup_logging
+    from rgpl_adapt.cli_cluster import cluster_settings, options_from
     from rgpl_adapt.readapt import ClusterTarget, Readapter, ReadaptSettings
     from rgpl_adapt.scheduler import parse_interval
 
@@ -200,7 +201,7 @@ def _status_target(out: str | None, index_name: str | None, conn: dict[str, Any]
     from rgpl_adapt.readapt import Readapter, ReadaptSettings
 
     if index_name:
-        from rgpl_adapt.cli import cluster_settings
+        from rgpl_adapt.cli_cluster import cluster_settings
         from rgpl_adapt.cluster import ClusterOptions
         from rgpl_adapt.config import AdaptConfig
         from rgpl_adapt.readapt import ClusterTarget
@@ -293,7 +294,7 @@ def _versions_command(out: str, rollback: bool) -> None:
 
 def register(group: click.Group) -> None:
     """Add ``readapt``, ``schedule``, ``status`` and ``versions`` to ``group``."""
-    from rgpl_adapt.cli import cluster_options
+    from rgpl_adapt.cli_cluster import cluster_options
 
     readapt = _borrow_adapt_options(readapt_options(
         click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")(
