@@ -86,7 +86,8 @@ def stage_index(work: str, corpus: str) -> dict[str, Any]:
 def stage_queries(work: str, generator: str, kind: str, passages: int, batch_size: int, device: str,
                   seed: int) -> dict[str, Any]:
     from rgpl_adapt.config import GenerationConfig
-    from rgpl_adapt.generation import generate_queries, load_generator
+    from rgpl_adapt.generation import generate_queries
+    from rgpl_adapt.generators import load_generator
     from rgpl_adapt.records import GeneratedQuery, write_jsonl
 
     backend, docs = _docs(Path(work))

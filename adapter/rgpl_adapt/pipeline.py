@@ -239,13 +239,8 @@ class Pipeline:
         gc = self.cfg.generation
 
         def build(stage_dir: Path) -> dict[str, Any]:
-            from rgpl_adapt.generation import (
-                GenerationStats,
-                generate_queries,
-                load_generator,
-                plan_sample,
-                query_key,
-            )
+            from rgpl_adapt.generation import GenerationStats, generate_queries, plan_sample, query_key
+            from rgpl_adapt.generators import load_generator
 
             n_docs = store.count()
             sample, qpp = plan_sample(n_docs, gc, random.Random(gc.seed))  # positions only: read per chunk

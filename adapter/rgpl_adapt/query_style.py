@@ -6,7 +6,7 @@ real queries (no judgements needed; ``--example-queries FILE`` or a cluster's qu
 
 * **Causal LMs** take them as few-shot examples (Promptagator): :func:`example_queries_prompt`
   replaces the generic examples of the prompt. The prompt keeps the ``Question:`` line format so
-  that :func:`rgpl_adapt.generation.prompt_example_keys` still recognises (and drops) verbatim copies.
+  that :func:`rgpl_adapt.generators.prompt_example_keys` still recognises (and drops) verbatim copies.
 * **Seq2seq doc2query models (T5)** cannot be prompted, so we *filter*: the generator samples
   ``style_oversample`` times the usual number of candidates per passage, and the ones whose style
   is closest to the examples are kept (:func:`StyleModel.distance`), as many as a passage would

@@ -15,20 +15,18 @@ import pytest
 from rgpl_adapt.config import GenerationConfig
 from rgpl_adapt.generation import (
     DEFAULT_PROMPT,
-    CausalLMGenerator,
     GenerationStats,
     QueryGenerator,
-    Seq2SeqGenerator,
     batch_seed,
     clean_queries,
     filter_queries,
     generate_queries,
-    load_generator,
     plan_generation,
     queries_per_passage,
     query_drop_reason,
     query_key,
 )
+from rgpl_adapt.generators import CausalLMGenerator, Seq2SeqGenerator, load_generator
 from rgpl_adapt.models import ModelLoadError
 from rgpl_adapt.records import Document
 
@@ -417,7 +415,8 @@ def test_gguf_without_the_package_says_what_to_install(tmp_path, monkeypatch):
 
 def test_prompt_examples_are_never_kept_as_queries(documents):
     """Small causal LMs sometimes copy a few-shot example ("how tall is the eiffel tower"): drop it."""
-    from rgpl_adapt.generation import DEFAULT_PROMPT, prompt_example_keys
+    from rgpl_adapt.generation import DEFAULT_PROMPT
+    from rgpl_adapt.generators import prompt_example_keys
 
     keys = prompt_example_keys(DEFAULT_PROMPT)
     assert query_key("How tall is the Eiffel Tower?") in keys and len(keys) == 3
@@ -431,3 +430,14 @@ def test_prompt_examples_are_never_kept_as_queries(documents):
     queries, stats = generate_queries(documents[:3], Copycat(), GenerationConfig(batch_size=2), qpp=2)
     assert stats.dropped.get("prompt_example") == 3
     assert all("eiffel" not in q.text for q in queries) and len(queries) == 3
+
+
+def test_the_generators_old_import_path_still_works():
+    import rgpl_adapt.generation as generation
+    import rgpl_adapt.generators as generators
+
+    from rgpl_adapt.generation import load_generator as old  # noqa: F401 (the import is the test)
+
+    assert old is generators.load_generator and generation.CausalLMGenerator is generators.CausalLMGenerator
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        generation.nope  # noqa: B018

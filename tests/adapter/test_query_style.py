@@ -1,6 +1,7 @@
 import pytest
 
-from rgpl_adapt.generation import prompt_example_keys, query_key, validate_prompt
+from rgpl_adapt.generation import query_key
+from rgpl_adapt.generators import prompt_example_keys, validate_prompt
 from rgpl_adapt.query_style import example_queries_prompt, load_example_queries
 
 

@@ -7,7 +7,8 @@ from dataclasses import asdict, replace
 import pytest
 
 from rgpl_adapt.config import AdaptConfig, GenerationConfig, config_hash
-from rgpl_adapt.generation import CausalLMGenerator, Seq2SeqGenerator, generate_queries
+from rgpl_adapt.generation import generate_queries
+from rgpl_adapt.generators import CausalLMGenerator, Seq2SeqGenerator
 from rgpl_adapt.query_style import StyleModel, select_by_style, style_features
 
 CLAIMS = ("Aspirin lowers the risk of stroke.", "Vitamin D deficiency weakens bones.",
