@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--work", default="runs/bench/encode_ndcg_corpus")
     parser.add_argument("--out", default="runs/bench/encode_ndcg.json")
+    parser.add_argument("--paths", default=None,
+                        help="comma-separated subset of the paths (default: all; torch fp32 always runs first)")
     args = parser.parse_args()
 
     import torch
@@ -53,20 +55,37 @@ def main() -> None:
     cpu = ["CPUExecutionProvider"]
     fused = OnnxEncoder(args.export, providers=cpu, threads=args.threads)
     int8 = OnnxEncoder(args.export, int8=True, providers=cpu, threads=args.threads)
-    # the reference first, then the serving paths: a run cut short still has the numbers that matter most
+    half = (OnnxEncoder(args.export, fp16=True, providers=cpu, threads=args.threads)
+            if (Path(args.export) / "onnx" / "model_fp16.onnx").is_file() else None)
+
+    def bf16(x: list[str]) -> np.ndarray:
+        return encode_texts(model, x, args.batch_size, autocast_bf16=True)
+
+    # name -> (documents' encoder, queries' encoder); the reference first, then the serving paths, so a run
+    # cut short still has the numbers that matter most
     paths = {
-        "torch fp32": lambda x: encode_texts(model, x, args.batch_size),
-        "onnx int8": lambda x: int8.encode(x, batch_size=args.batch_size),
-        "onnx fused fp32": lambda x: fused.encode(x, batch_size=args.batch_size),
-        "torch bf16 autocast": lambda x: encode_texts(model, x, args.batch_size, autocast_bf16=True),
+        "torch fp32": (lambda x: encode_texts(model, x, args.batch_size),) * 2,
+        "onnx int8": (lambda x: int8.encode(x, batch_size=args.batch_size),) * 2,
+        "onnx fused fp32": (lambda x: fused.encode(x, batch_size=args.batch_size),) * 2,
+        "torch bf16 autocast": (bf16, bf16),
+        # what the serve stage does on a bf16 CPU: documents by torch bf16 (runfolder.corpus_encoder), queries by ONNX
+        "served: bf16 docs + onnx queries": (bf16, lambda x: fused.encode(x, batch_size=args.batch_size)),
     }
+    if half is not None:
+        paths["onnx fp16 (on CPU)"] = (lambda x: half.encode(x, batch_size=args.batch_size),) * 2
+    if args.paths:
+        wanted = {"torch fp32", *(p.strip() for p in args.paths.split(","))}
+        unknown = wanted - set(paths)
+        if unknown:
+            raise SystemExit(f"unknown path(s) {sorted(unknown)}; choose from {sorted(paths)}")
+        paths = {k: v for k, v in paths.items() if k in wanted}
     rows: dict[str, dict] = {}
     out = {"corpus": sub.note, "export": args.export, "load_avg_before": os.getloadavg(), "runs": rows}
     print(sub.note)
-    print(f"{'path':<22}{'nDCG@10':>9}{'delta (points)':>16}{'seconds':>9}", flush=True)
-    for name, fn in paths.items():
+    print(f"{'path':<34}{'nDCG@10':>9}{'delta (points)':>16}{'seconds':>9}", flush=True)
+    for name, (doc_fn, query_fn) in paths.items():
         t = time.perf_counter()
-        d, q = fn(docs), fn(queries)
+        d, q = doc_fn(docs), query_fn(queries)
         secs = time.perf_counter() - t
         scores = q @ d.T
         top = np.argsort(-scores, axis=1)[:, :100]
@@ -74,7 +93,7 @@ def main() -> None:
         ndcg = ndcg_at_k(results, sub.qrels, 10)
         ref = rows["torch fp32"]["ndcg@10"] if rows else ndcg
         rows[name] = {"ndcg@10": ndcg, "seconds": secs, "delta_points": 100 * (ndcg - ref)}
-        print(f"{name:<22}{ndcg:>9.4f}{rows[name]['delta_points']:>16.2f}{secs:>9.1f}", flush=True)
+        print(f"{name:<34}{ndcg:>9.4f}{rows[name]['delta_points']:>16.2f}{secs:>9.1f}", flush=True)
         out["load_avg_after"] = os.getloadavg()
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # written after every path
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")

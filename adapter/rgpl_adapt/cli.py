@@ -500,8 +500,9 @@ _register_extensions()
 def _quiet_third_party() -> None:
     """Silence third-party messages that tell the user nothing; real warnings stay.
 
-    The ONNX exporter's torchvision lines, transformers/HF-hub loading chatter (info-level notes
-    and "some weights were not used" lists for models loaded on purpose into another head) go;
+    The ONNX exporter's torchvision lines, transformers/HF-hub loading chatter (info-level notes,
+    "some weights were not used" lists for models loaded on purpose into another head, the per-model
+    "Loading weights" / "Writing model shards" bars) go;
     the library's own warnings and errors from every package are kept.
     """
     import os
@@ -516,10 +517,17 @@ def _quiet_third_party() -> None:
     for name in ("transformers", "huggingface_hub", "sentence_transformers", "torch.onnx", "onnxscript",
                  "torchvision", "accelerate", "gguf"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    try:  # transformers keeps its own verbosity switch as well
+    try:  # transformers keeps its own verbosity switch as well, and its own progress bars
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()  # "Loading weights", "Writing model shards": per model, every stage
+    except ImportError:
+        pass
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
     except ImportError:
         pass
 

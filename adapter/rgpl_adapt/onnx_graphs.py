@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from typing import Any
 
 from rgpl_adapt.devices import require
 
@@ -96,6 +97,16 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     quant = require("onnxruntime.quantization", package="onnxruntime")
     import onnx
 
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # "Please consider to run pre-processing before quantization": not for our users
+    try:
+        _quantize(quant, onnx, src, dst)
+    finally:
+        root.setLevel(level)
+
+
+def _quantize(quant: Any, onnx: Any, src: str | os.PathLike, dst: str | os.PathLike) -> None:
     quant.quantize_dynamic(
         model_input=str(src),
         model_output=str(dst),

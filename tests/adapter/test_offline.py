@@ -361,6 +361,15 @@ def test_cli_quiets_third_party_chatter_but_keeps_real_warnings(monkeypatch):
             warnings.warn("torchvision is not installed")
             warnings.warn("the corpus has 3 empty documents")
         assert [str(w.message) for w in caught] == ["the corpus has 3 empty documents"]
+        from huggingface_hub.utils import are_progress_bars_disabled
+        from transformers.utils import logging as hf_logging
+
+        assert not hf_logging.is_progress_bar_enabled() and are_progress_bars_disabled()  # "Loading weights" bars
     finally:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
+        from huggingface_hub.utils import enable_progress_bars
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.enable_progress_bar()
+        enable_progress_bars()
