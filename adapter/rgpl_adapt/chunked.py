@@ -30,7 +30,7 @@ from rgpl_adapt.distributed import DistInfo, dist_info
 from rgpl_adapt.encoding import TextEncoder
 from rgpl_adapt.progress import ProgressFactory, silent
 
-__all__ = ["ChunkedResult", "StoreReader", "copy_documents", "encode_store", "put_in_chunks"]
+__all__ = ["ChunkedResult", "CopyResult", "StoreReader", "copy_documents", "encode_store", "put_in_chunks"]
 
 DEFAULT_CHUNK = 65536
 log = logging.getLogger(__name__)
@@ -143,27 +143,87 @@ def put_in_chunks(backend, space: str, index_dir: str | os.PathLike, vectors: Pa
     return n
 
 
-def copy_documents(documents, store_dir: str | os.PathLike, *, key: str = "", chunk_size: int = 10_000) -> dict:
-    """Stream ``documents`` (e.g. a cluster index's) into a fresh ``store_dir/docs.sqlite``, a chunk at a time.
+@dataclass(frozen=True)
+class CopyResult:
+    """What :func:`copy_documents` did: totals, and how much of an interrupted copy it reused."""
 
-    Writes and returns ``{"count", "sha"}`` (also ``store_dir/fingerprint.json``): the sha is
-    :func:`rgpl_adapt.cluster.docs_fingerprint` of the documents, computed on the way.
-    """
+    count: int
+    sha: str
+    reused: int  # documents written by an earlier, interrupted call and kept
+    resumed: bool  # the source continued its interrupted read (PIT + search_after) instead of reading again
+    skipped_written: int  # documents read again (a rescan) and skipped because they were already written
+
+    def fingerprint(self) -> dict:
+        return {"count": self.count, "sha": self.sha}
+
+
+def _sha_of_rows(writer, n: int, chunk_size: int):
+    """The running sha over the first ``n`` stored documents, in store order (what a resumed copy continues)."""
     import hashlib
+
+    h = hashlib.sha256()
+    for start in range(0, n, chunk_size):
+        for _, i, title, text in writer.rows(start, min(n, start + chunk_size)):
+            h.update(json.dumps([i, title, text]).encode("utf-8"))
+    return h
+
+
+def copy_documents(source, store_dir: str | os.PathLike, *, key: str = "", chunk_size: int = 10_000) -> CopyResult:
+    """Stream ``source``'s documents (a backend, e.g. a cluster index, or any iterable of documents)
+    into ``store_dir/docs.sqlite`` a chunk at a time, resumably.
+
+    Each chunk is one transaction of the store (:class:`~rgpl_plugin.docstore.DocStoreWriter`). A copy
+    killed mid-way (even ``kill -9``) is continued by the next call with the same ``key`` (name the
+    source and its size, so that a changed index starts over): the written chunks are kept and, when
+    the source is a backend whose read recorded a :attr:`cursor` (a PIT and the ``search_after`` sort
+    values of the chunk's last document), the read continues from there while that PIT is still open;
+    otherwise the source is read again and the documents already written are skipped (an indexed id
+    look-up per chunk, nothing re-written). A finished copy is made again from the start: reading the
+    whole index is how a changed index with the same size is noticed.
+
+    Writes and returns the count and sha (also ``store_dir/fingerprint.json`` as ``{"count", "sha"}``):
+    the sha is :func:`rgpl_adapt.cluster.docs_fingerprint` of the stored documents in store order,
+    computed on the way (over the kept part from the store when resuming).
+    """
     import shutil
 
     from rgpl_plugin.base import batched
-    from rgpl_plugin.docstore import DocStoreWriter
+    from rgpl_plugin.docstore import DOCS_FILE, DocStoreWriter
 
     store_dir = Path(store_dir)
-    shutil.rmtree(store_dir, ignore_errors=True)
-    writer = DocStoreWriter(store_dir / "docs.sqlite", key=key)
-    n, h = 0, hashlib.sha256()
-    for chunk in batched(documents, chunk_size):
-        for d in chunk:
-            h.update(json.dumps([d.id, d.title, d.text]).encode("utf-8"))
-        n += len(writer.append_chunk(chunk))
-    writer.finish()
-    found = {"count": n, "sha": h.hexdigest()[:16]}
-    (store_dir / "fingerprint.json").write_text(json.dumps(found))
-    return found
+    (store_dir / "fingerprint.json").unlink(missing_ok=True)
+    writer = DocStoreWriter(store_dir / DOCS_FILE, key=key)
+    if writer.info("done"):  # finished earlier: read the index again from its start
+        writer.close()
+        shutil.rmtree(store_dir, ignore_errors=True)
+        writer = DocStoreWriter(store_dir / DOCS_FILE, key=key)
+    try:
+        reused = writer.resumed.docs
+        h = _sha_of_rows(writer, reused, chunk_size)
+        cursor = json.loads(writer.info("cursor") or "null") if reused else None
+        reads = getattr(source, "iter_documents", None)
+        if reads is None:
+            documents = iter(source)
+        elif cursor is not None:
+            documents = reads(resume=cursor)
+        else:
+            documents = reads()
+        n, skipped = reused, 0
+        for chunk in batched(documents, chunk_size):
+            if reused:  # a rescan after an interrupted copy: the ids already written are skipped
+                written = writer.stored([d.id for d in chunk])
+                skipped += sum(d.id in written for d in chunk)
+                chunk = [d for d in chunk if d.id not in written]
+            where = getattr(source, "cursor", None)
+            kept = writer.append_chunk(chunk, info={"cursor": json.dumps(where)})
+            for _, i, title, text in kept:
+                h.update(json.dumps([i, title, text]).encode("utf-8"))
+            n += len(kept)
+            log.info("copied %d documents into %s", n, store_dir)
+        writer.finish()
+    except BaseException:
+        writer.close()
+        raise
+    result = CopyResult(n, h.hexdigest()[:16], reused, bool(getattr(source, "resumed", False)), skipped)
+    (store_dir / "fingerprint.json").write_text(json.dumps(result.fingerprint()))
+    return result
