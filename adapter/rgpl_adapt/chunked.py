@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from rgpl_adapt.distributed import DistInfo, dist_info
 from rgpl_adapt.encoding import TextEncoder
 from rgpl_adapt.progress import ProgressFactory, silent
 
-__all__ = ["ChunkedResult", "CopyResult", "StoreReader", "copy_documents", "encode_store", "put_in_chunks"]
+__all__ = ["ChunkedResult", "CopyResult", "StoreIds", "StoreReader", "copy_documents", "encode_store", "put_in_chunks"]
 
 DEFAULT_CHUNK = 65536
 log = logging.getLogger(__name__)
@@ -44,6 +44,24 @@ class StoreReader(DocStore):
         n = self.count()
         for start in range(0, n, chunk_size):
             yield start, self.texts(start, min(n, start + chunk_size))
+
+
+class StoreIds:
+    """The ids of a store's documents by ord (row ``i`` of its encoded vectors is ord ``i``), looked up for
+    the rows asked (search hits: :func:`rgpl_adapt.neighbours.exact_search` calls :meth:`many`), never all held."""
+
+    def __init__(self, index_dir: str | os.PathLike) -> None:
+        self.reader = StoreReader(index_dir)
+        self.count = self.reader.count()
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, row: int) -> str:
+        return self.reader.ids_of_ords([row])[0]
+
+    def many(self, rows) -> list[str]:
+        return self.reader.ids_of_ords(rows)
 
 
 @dataclass(frozen=True)
@@ -85,8 +103,12 @@ def encode_store(
     batch_size: int = 64,
     info: DistInfo | None = None,
     progress: ProgressFactory = silent,
+    ords: Sequence[int] | None = None,
 ) -> ChunkedResult:
     """Encode every document of the store at ``index_dir`` into ``out_dir/vectors.npy``, resumably.
+
+    ``ords``: encode only these documents, row ``i`` = the document at ``ords[i]`` (e.g. a sample;
+    name it in ``key``, e.g. with a hash of the ords).
 
     ``key`` names what is encoded with what (e.g. the run's upstream fingerprint): finished
     chunks are reused only under the same key, count and dimension, never mixed with vectors of
@@ -99,7 +121,7 @@ def encode_store(
     (out / "done").mkdir(parents=True, exist_ok=True)
     reader = StoreReader(index_dir)
     try:
-        n = reader.count()
+        n = reader.count() if ords is None else len(ords)
         vectors = _open_vectors(out, n, dim, key, info, chunk_size)
         n_chunks = -(-n // chunk_size)
         mine = [c for c in range(n_chunks) if c % info.world == info.rank]
@@ -108,7 +130,11 @@ def encode_store(
             bar.update(sum(min(n, (c + 1) * chunk_size) - c * chunk_size for c in mine if c not in todo))
             for c in todo:
                 start, stop = c * chunk_size, min(n, (c + 1) * chunk_size)
-                emb = encoder.encode(reader.texts(start, stop), batch_size=batch_size)
+                if ords is None:
+                    texts = reader.texts(start, stop)
+                else:
+                    texts = [d.full_text() for d in reader.by_ords(ords[start:stop])]
+                emb = encoder.encode(texts, batch_size=batch_size)
                 if emb.shape != (stop - start, dim):
                     raise ValueError(f"the encoder returned {emb.shape} for chunk {c}; expected {(stop - start, dim)}")
                 vectors[start:stop] = emb

@@ -394,7 +394,7 @@ class Pipeline:
 
                 qrels, eval_queries = self.eval_data
                 evaluator = make_training_evaluator(
-                    self.backend, qrels, eval_queries, normalize=tc.similarity == "cosine"
+                    self.backend, qrels, eval_queries, normalize=tc.similarity == "cosine", store=self.store_dir
                 )
             trainer = Trainer(
                 self.cfg,
