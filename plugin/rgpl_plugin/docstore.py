@@ -191,6 +191,14 @@ class DocStore:
             found.update(self._db.execute(f"SELECT ord, id FROM docs WHERE ord IN ({marks})", chunk))  # noqa: S608
         return [found[int(o)] for o in ords]
 
+    def ords_of(self, ids: Iterable[str]) -> dict[str, int]:
+        """``id -> ord`` of the ids that are stored (unknown ids are left out)."""
+        found: dict[str, int] = {}
+        for chunk in batched(dict.fromkeys(ids), _SQL_CHUNK):
+            marks = ",".join("?" * len(chunk))
+            found.update(self._db.execute(f"SELECT id, ord FROM docs WHERE id IN ({marks})", chunk))  # noqa: S608
+        return found
+
     def by_ords(self, ords: Sequence[int]) -> list[Document]:
         """The documents at these ords, in the same order."""
         found: dict[int, Document] = {}
