@@ -47,16 +47,18 @@ def stable_topk(matrix: np.ndarray, queries: np.ndarray, k: int, *, chunk_rows: 
     return best_rows
 
 
-def candidate_ords(store: DocStore, held_out: Sequence[GeneratedQuery], max_docs: int, seed: int = 0) -> list[int]:
-    """Ords of the documents to search: all of them, or for a big corpus the held-out positives (in store
-    order) plus a seeded random sample of the others up to ``max_docs`` (in draw order).
+def candidate_ords(
+    store: DocStore, held_out: Sequence[GeneratedQuery], max_docs: int, seed: int = 0
+) -> Sequence[int]:
+    """Ords of the documents to search: all of them (``range(n)``, no list), or for a big corpus the held-out
+    positives (in store order) plus a seeded random sample of the others up to ``max_docs`` (in draw order).
 
     The sample is the one ``random.Random(seed).sample(others, m)`` draws from the list of the other
     documents in store order (it depends only on that list's length), found without the list.
     """
     n = store.count()
     if n <= max_docs:
-        return list(range(n))
+        return range(n)
     positives = sorted(store.ords_of(q.doc_id for q in held_out).values())
     taken = set(positives)
     rest = n - len(positives)
@@ -92,13 +94,18 @@ def encoder_mrr(
     from rgpl_adapt.chunked import encode_store
     from rgpl_adapt.distributed import DistInfo
 
-    ords = [int(o) for o in ords]
     q = np.asarray(encoder.encode([x.text for x in held_out], batch_size=64), dtype=np.float32)
-    if not ords or not len(held_out):
+    if not len(ords) or not len(held_out):
         return mrr_at_k([[] for _ in held_out], [x.doc_id for x in held_out], k)
-    digest = hashlib.sha256(np.asarray(ords, dtype=np.int64).tobytes()).hexdigest()[:16]
+    with DocStore(store_dir) as store:
+        whole = isinstance(ords, range) and ords == range(store.count())  # by ord ranges, no list of ords
+    if whole:
+        subset, digest = None, f"all-{len(ords)}"
+    else:
+        subset = [int(o) for o in ords]
+        digest = hashlib.sha256(np.asarray(subset, dtype=np.int64).tobytes()).hexdigest()[:16]
     res = encode_store(encoder, store_dir, out, dim=int(q.shape[1]), key=f"{key}:{digest}",
-                       chunk_size=chunk_size or ENCODE_CHUNK, info=DistInfo(), ords=ords)
+                       chunk_size=chunk_size or ENCODE_CHUNK, info=DistInfo(), ords=subset)
     vectors = np.load(res.path, mmap_mode="r")
     rankings: list[list[str]] = []
     with DocStore(store_dir) as store:

@@ -81,6 +81,7 @@ def test_streamed_candidates_and_mrr_match_the_list_based_evaluation(tmp_path, m
     with DocStore(store_dir) as store:
         ords = candidate_ords(store, held, max_docs, seed=7)
         assert store.ids_of_ords(ords) == [d.id for d in old_cands]  # the same documents in the same order
+    assert isinstance(ords, range) == (max_docs >= len(docs))  # every document: a range, no list of the corpus
     enc = WordsEncoder()
     new = encoder_mrr(enc, store_dir, ords, held, out=tmp_path / "vec", key="m", chunk_size=32)
     old = old_encoder_mrr(WordsEncoder(), old_cands, held)
