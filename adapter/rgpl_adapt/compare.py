@@ -83,8 +83,8 @@ def encode_store_vectors(
     from rgpl_adapt.chunked import encode_store
 
     dim = int(np.asarray(encoder.encode(["dimension probe"], batch_size=1)).shape[1])
-    res = encode_store(encoder, store_dir, out, dim=dim, key=key, chunk_size=chunk_size or ENCODE_CHUNK, batch_size=batch_size,
-                       info=DistInfo(), progress=progress)
+    res = encode_store(encoder, store_dir, out, dim=dim, key=key, chunk_size=chunk_size or ENCODE_CHUNK,
+                       batch_size=batch_size, info=DistInfo(), progress=progress)
     return StoreIds(store_dir), np.load(res.path, mmap_mode="r")
 
 
@@ -133,6 +133,10 @@ def evaluate_run(
     if unknown:
         raise ValueError(f"unknown system(s) {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
     cfg = AdaptConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    # a cluster run's copy of the index's documents: what its vectors are encoded from (no second read)
+    copied = run_dir / "docs"
+    store = copied if backend is not None and getattr(backend, "path", None) is None \
+        and (copied / "docs.sqlite").is_file() else None
     backend = backend or open_embedded(run_dir)
     qids = [q for q in queries if q in qrels]
     if not qids:
@@ -145,7 +149,7 @@ def evaluate_run(
         if needs_adapted:
             qvecs = encoder.encode(texts, batch_size=64)
             dense = corpus_vectors(backend, DENSE_SPACE, encoder, progress, scratch, out=run_dir / "eval",
-                                   model=export_key(run_dir / "export"))
+                                   model=export_key(run_dir / "export"), store=store)
             adapted = exact_search(*dense, qvecs, k + 1)
         for system in systems:
             if system == "bm25":
@@ -154,7 +158,7 @@ def evaluate_run(
                 base = SentenceTransformerEncoder(load_sentence_transformer(
                     cfg.training.student, resolve_device(cfg.device), cfg.training.max_seq_len))
                 vectors = corpus_vectors(backend, ZERO_SHOT_SPACE, base, progress, scratch, out=run_dir / "eval",
-                                         model=f"{cfg.training.student}:{cfg.training.max_seq_len}")
+                                         model=f"{cfg.training.student}:{cfg.training.max_seq_len}", store=store)
                 hits = exact_search(*vectors, base.encode(texts, batch_size=64), k + 1)
             elif system == "adapted":
                 hits = adapted

@@ -29,7 +29,22 @@ __all__ = ["GatedPublisher", "candidate_ords", "encoder_mrr", "fair_holdout", "m
 
 ENCODE_CHUNK = 10_000
 QUERY_BATCH = 1_024
-ROW_CHUNK = 32_768
+ROW_CHUNK = 8_192  # rows scored at a time: 1,024 queries x 8,192 rows of scores and sort indices ~ 100 MB
+
+
+def _chunk_topk(scores: np.ndarray, k: int) -> np.ndarray:
+    """Columns of the ``k`` best scores per row (any order), exactly the set a stable sort would keep:
+    a partition, and a stable sort only for the rows whose k-th score is tied beyond the partition."""
+    kk = min(k, scores.shape[1])
+    if kk == scores.shape[1]:
+        return np.argsort(-scores, axis=1, kind="stable")
+    top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+    vals = np.take_along_axis(scores, top, axis=1)
+    last = vals.min(axis=1, keepdims=True)
+    cut = np.nonzero((scores == last).sum(axis=1) != (vals == last).sum(axis=1))[0]  # ties left out
+    if cut.size:
+        top[cut] = np.argsort(-scores[cut], axis=1, kind="stable")[:, :kk]
+    return top
 
 
 def stable_topk(matrix: np.ndarray, queries: np.ndarray, k: int, *, chunk_rows: int = ROW_CHUNK) -> np.ndarray:
@@ -39,7 +54,7 @@ def stable_topk(matrix: np.ndarray, queries: np.ndarray, k: int, *, chunk_rows: 
     best_scores = np.empty((len(queries), 0), np.float32)
     for r0 in range(0, matrix.shape[0], chunk_rows):
         scores = queries @ np.asarray(matrix[r0 : r0 + chunk_rows], dtype=np.float32).T
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        top = _chunk_topk(scores, k)
         rows = np.concatenate([best_rows, top + r0], axis=1)
         vals = np.concatenate([best_scores, np.take_along_axis(scores, top, axis=1)], axis=1)
         order = np.lexsort((rows, -vals), axis=1)[:, :k]
