@@ -12,7 +12,10 @@ its peak RSS (``VmHWM``, which a fresh exec resets) is its own:
   (``chunked.encode_store``, what mining, remining and serving run) by a tiny random-weight BERT (2 layers,
   32-d, a whole-word vocabulary of the synthetic words), so the pipeline's own costs show, not a model's;
 * ``serve``: the vector file adopted as the ``dense`` space (block copy; ids resolved by ord, no id list),
-  then 1,000 k-NN queries (exact up to 200k vectors, usearch HNSW above: the index is built here).
+  then 1,000 k-NN queries (exact up to 200k vectors, usearch HNSW above: the index is built here);
+* ``eval``: what ``rgpl-adapt eval`` and readapt's promotion read, with the ``bytes`` encoder (the pipeline's
+  own cost): ``compare.corpus_vectors`` (the store encoded in resumable chunks into a memory map) and exact
+  search of 1,000 queries (k = 101), then ``promotion.encoder_mrr`` over every document (its worst case).
 
 ``--kill`` (instead of the measurements) runs each stage from scratch, ``kill -9``s it as soon as its first chunk is recorded
 (serve: once its vectors are adopted, during the index build), reruns it and checks that no finished
@@ -43,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, format_table, machine_info, write_json  # noqa: E402
 
 VOCAB = 30000
-STAGES = ("store", "sample", "encode", "serve")
+STAGES = ("store", "sample", "encode", "serve", "eval")
 
 
 def vocabulary(seed: int = 0) -> list[str]:
@@ -227,8 +230,44 @@ def stage_serve(index: str, vectors: str) -> dict:
             "search": "hnsw" if n > 200_000 else "exact"}
 
 
+def stage_eval(index: str, out: str) -> dict:
+    import shutil
+    from contextlib import ExitStack
+
+    from rgpl_plugin.docstore import DocStore
+    from rgpl_plugin.embedded import EmbeddedBackend
+
+    from rgpl_adapt.compare import corpus_vectors
+    from rgpl_adapt.neighbours import exact_search
+    from rgpl_adapt.progress import silent
+    from rgpl_adapt.promotion import candidate_ords, encoder_mrr
+    from rgpl_adapt.records import GeneratedQuery
+
+    shutil.rmtree(out, ignore_errors=True)  # measure whole encodings, not reused ones
+    enc = ByteEncoder()
+    backend, store = EmbeddedBackend.open(index), DocStore(index)
+    n = store.count()
+    held_docs = store.by_ords(sorted(random.Random(0).sample(range(n), 1000)))
+    held = [GeneratedQuery(f"q{i}", " ".join(d.text.split()[:12]), d.id) for i, d in enumerate(held_docs)]
+    t0 = time.perf_counter()
+    with ExitStack() as scratch:
+        ids, matrix = corpus_vectors(backend, "zero-shot", enc, silent, scratch, out=Path(out), model="bytes")
+        t_encode = time.perf_counter() - t0
+        hits = exact_search(ids, matrix, enc.encode([q.text for q in held]), 101)
+        t_search = time.perf_counter() - t0 - t_encode
+    t1 = time.perf_counter()
+    mrr = encoder_mrr(enc, index, candidate_ords(store, held, n), held, out=Path(out) / "promotion", key="bytes")
+    t_mrr = time.perf_counter() - t1
+    backend.close()
+    store.close()
+    return {"stage": "eval", "docs": n, "seconds": round(time.perf_counter() - t0, 1),
+            "docs_per_s": round(n / t_encode), "search_seconds": round(t_search, 1), "hits": sum(map(len, hits)),
+            "promotion_seconds": round(t_mrr, 1), "promotion_mrr": round(mrr, 4)}
+
+
 def _stage_child(name: str, kwargs: dict) -> None:
-    fn = {"store": stage_store, "sample": stage_sample, "encode": stage_encode, "serve": stage_serve}[name]
+    fn = {"store": stage_store, "sample": stage_sample, "encode": stage_encode, "serve": stage_serve,
+          "eval": stage_eval}[name]
     out = fn(**kwargs)
     out.update(_peak_mb())
     print("RESULT " + json.dumps(out), flush=True)
@@ -373,7 +412,8 @@ def main() -> None:
         todo = {"store": {"corpus": str(run / "corpus.jsonl"), "index": idx, "chunk": args.chunk},
                 "sample": {"index": idx},
                 "encode": {"model": encoder, "index": idx, "vectors": vec, "chunk": args.chunk},
-                "serve": {"index": idx, "vectors": vec}}
+                "serve": {"index": idx, "vectors": vec},
+                "eval": {"index": idx, "out": str(run / "eval")}}
         for stage in STAGES:
             if stage not in args.stages or args.kill:
                 continue
@@ -383,7 +423,7 @@ def main() -> None:
                 shutil.rmtree(vec, ignore_errors=True)  # measure a whole encode, not a resumed one
             res = run_stage(stage, todo[stage])
             res.update(corpus_mb=round(corpus["bytes"] / 2**20, 1), loadavg=[round(x, 1) for x in os.getloadavg()],
-                       encoder="tiny-bert" if args.encoder == "model" else "bytes (no model)")
+                       encoder="tiny-bert" if args.encoder == "model" and stage != "eval" else "bytes (no model)")
             results["runs"] = [r for r in results["runs"]
                                if (r["stage"], r["docs"], r.get("encoder")) != (stage, n, res["encoder"])] + [res]
             print(json.dumps(res), flush=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,8 @@ from rgpl_adapt.progress import ProgressFactory, silent
 
 __all__ = [
     "ChunkedResult",
+    "CopyResult",
+    "StoreIds",
     "StoreReader",
     "copy_documents",
     "encode_store",
@@ -51,6 +53,24 @@ class StoreReader(DocStore):
         n = self.count()
         for start in range(0, n, chunk_size):
             yield start, self.texts(start, min(n, start + chunk_size))
+
+
+class StoreIds:
+    """The ids of a store's documents by ord (row ``i`` of its encoded vectors is ord ``i``), looked up for
+    the rows asked (search hits: :func:`rgpl_adapt.neighbours.exact_search` calls :meth:`many`), never all held."""
+
+    def __init__(self, index_dir: str | os.PathLike) -> None:
+        self.reader = StoreReader(index_dir)
+        self.count = self.reader.count()
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, row: int) -> str:
+        return self.reader.ids_of_ords([row])[0]
+
+    def many(self, rows) -> list[str]:
+        return self.reader.ids_of_ords(rows)
 
 
 @dataclass(frozen=True)
@@ -96,8 +116,12 @@ def encode_store(
     batch_size: int = 64,
     info: DistInfo | None = None,
     progress: ProgressFactory = silent,
+    ords: Sequence[int] | None = None,
 ) -> ChunkedResult:
     """Encode every document of the store at ``index_dir`` into ``out_dir/vectors.npy``, resumably.
+
+    ``ords``: encode only these documents, row ``i`` = the document at ``ords[i]`` (e.g. a sample;
+    name it in ``key``, e.g. with a hash of the ords).
 
     ``key`` names what is encoded with what (e.g. the run's upstream fingerprint): finished
     chunks are reused only under the same key, count and dimension, never mixed with vectors of
@@ -110,7 +134,7 @@ def encode_store(
     (out / "done").mkdir(parents=True, exist_ok=True)
     reader = StoreReader(index_dir)
     try:
-        n = reader.count()
+        n = reader.count() if ords is None else len(ords)
         vectors = _open_vectors(out, n, dim, key, info, chunk_size)
         n_chunks = -(-n // chunk_size)
         mine = [c for c in range(n_chunks) if c % info.world == info.rank]
@@ -119,7 +143,11 @@ def encode_store(
             bar.update(sum(min(n, (c + 1) * chunk_size) - c * chunk_size for c in mine if c not in todo))
             for c in todo:
                 start, stop = c * chunk_size, min(n, (c + 1) * chunk_size)
-                emb = encoder.encode(reader.texts(start, stop), batch_size=batch_size)
+                if ords is None:
+                    texts = reader.texts(start, stop)
+                else:
+                    texts = [d.full_text() for d in reader.by_ords(ords[start:stop])]
+                emb = encoder.encode(texts, batch_size=batch_size)
                 if emb.shape != (stop - start, dim):
                     raise ValueError(f"the encoder returned {emb.shape} for chunk {c}; expected {(stop - start, dim)}")
                 vectors[start:stop] = emb
@@ -199,27 +227,87 @@ def put_in_chunks(backend, space: str, index_dir: str | os.PathLike, vectors: Pa
     return n
 
 
-def copy_documents(documents, store_dir: str | os.PathLike, *, key: str = "", chunk_size: int = 10_000) -> dict:
-    """Stream ``documents`` (e.g. a cluster index's) into a fresh ``store_dir/docs.sqlite``, a chunk at a time.
+@dataclass(frozen=True)
+class CopyResult:
+    """What :func:`copy_documents` did: totals, and how much of an interrupted copy it reused."""
 
-    Writes and returns ``{"count", "sha"}`` (also ``store_dir/fingerprint.json``): the sha is
-    :func:`rgpl_adapt.cluster.docs_fingerprint` of the documents, computed on the way.
-    """
+    count: int
+    sha: str
+    reused: int  # documents written by an earlier, interrupted call and kept
+    resumed: bool  # the source continued its interrupted read (PIT + search_after) instead of reading again
+    skipped_written: int  # documents read again (a rescan) and skipped because they were already written
+
+    def fingerprint(self) -> dict:
+        return {"count": self.count, "sha": self.sha}
+
+
+def _sha_of_rows(writer, n: int, chunk_size: int):
+    """The running sha over the first ``n`` stored documents, in store order (what a resumed copy continues)."""
     import hashlib
+
+    h = hashlib.sha256()
+    for start in range(0, n, chunk_size):
+        for _, i, title, text in writer.rows(start, min(n, start + chunk_size)):
+            h.update(json.dumps([i, title, text]).encode("utf-8"))
+    return h
+
+
+def copy_documents(source, store_dir: str | os.PathLike, *, key: str = "", chunk_size: int = 10_000) -> CopyResult:
+    """Stream ``source``'s documents (a backend, e.g. a cluster index, or any iterable of documents)
+    into ``store_dir/docs.sqlite`` a chunk at a time, resumably.
+
+    Each chunk is one transaction of the store (:class:`~rgpl_plugin.docstore.DocStoreWriter`). A copy
+    killed mid-way (even ``kill -9``) is continued by the next call with the same ``key`` (name the
+    source and its size, so that a changed index starts over): the written chunks are kept and, when
+    the source is a backend whose read recorded a :attr:`cursor` (a PIT and the ``search_after`` sort
+    values of the chunk's last document), the read continues from there while that PIT is still open;
+    otherwise the source is read again and the documents already written are skipped (an indexed id
+    look-up per chunk, nothing re-written). A finished copy is made again from the start: reading the
+    whole index is how a changed index with the same size is noticed.
+
+    Writes and returns the count and sha (also ``store_dir/fingerprint.json`` as ``{"count", "sha"}``):
+    the sha is :func:`rgpl_adapt.cluster.docs_fingerprint` of the stored documents in store order,
+    computed on the way (over the kept part from the store when resuming).
+    """
     import shutil
 
     from rgpl_plugin.base import batched
-    from rgpl_plugin.docstore import DocStoreWriter
+    from rgpl_plugin.docstore import DOCS_FILE, DocStoreWriter
 
     store_dir = Path(store_dir)
-    shutil.rmtree(store_dir, ignore_errors=True)
-    writer = DocStoreWriter(store_dir / "docs.sqlite", key=key)
-    n, h = 0, hashlib.sha256()
-    for chunk in batched(documents, chunk_size):
-        for d in chunk:
-            h.update(json.dumps([d.id, d.title, d.text]).encode("utf-8"))
-        n += len(writer.append_chunk(chunk))
-    writer.finish()
-    found = {"count": n, "sha": h.hexdigest()[:16]}
-    (store_dir / "fingerprint.json").write_text(json.dumps(found))
-    return found
+    (store_dir / "fingerprint.json").unlink(missing_ok=True)
+    writer = DocStoreWriter(store_dir / DOCS_FILE, key=key)
+    if writer.info("done"):  # finished earlier: read the index again from its start
+        writer.close()
+        shutil.rmtree(store_dir, ignore_errors=True)
+        writer = DocStoreWriter(store_dir / DOCS_FILE, key=key)
+    try:
+        reused = writer.resumed.docs
+        h = _sha_of_rows(writer, reused, chunk_size)
+        cursor = json.loads(writer.info("cursor") or "null") if reused else None
+        reads = getattr(source, "iter_documents", None)
+        if reads is None:
+            documents = iter(source)
+        elif cursor is not None:
+            documents = reads(resume=cursor)
+        else:
+            documents = reads()
+        n, skipped = reused, 0
+        for chunk in batched(documents, chunk_size):
+            if reused:  # a rescan after an interrupted copy: the ids already written are skipped
+                written = writer.stored([d.id for d in chunk])
+                skipped += sum(d.id in written for d in chunk)
+                chunk = [d for d in chunk if d.id not in written]
+            where = getattr(source, "cursor", None)
+            kept = writer.append_chunk(chunk, info={"cursor": json.dumps(where)})
+            for _, i, title, text in kept:
+                h.update(json.dumps([i, title, text]).encode("utf-8"))
+            n += len(kept)
+            log.info("copied %d documents into %s", n, store_dir)
+        writer.finish()
+    except BaseException:
+        writer.close()
+        raise
+    result = CopyResult(n, h.hexdigest()[:16], reused, bool(getattr(source, "resumed", False)), skipped)
+    (store_dir / "fingerprint.json").write_text(json.dumps(result.fingerprint()))
+    return result

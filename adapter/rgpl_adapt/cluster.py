@@ -176,12 +176,24 @@ class ClusterBackend:
         sampled = self._sampled()
         return len(sampled) if sampled is not None else self.source.count()
 
-    def iter_documents(self, batch_size: int = 1000) -> Iterator[Document]:
+    def iter_documents(self, batch_size: int = 1000, resume: dict | None = None) -> Iterator[Document]:
+        """The sample, or the source's documents (``resume``: a :attr:`cursor` of an interrupted read)."""
         sampled = self._sampled()
         if sampled is not None:
             yield from sampled
+        elif resume:
+            yield from self.source.iter_documents(batch_size, resume=resume)
         else:
             yield from self.source.iter_documents(batch_size)
+
+    @property
+    def cursor(self) -> dict | None:
+        """Where the source's read stands (None for a sample: it is read whole before the first document)."""
+        return None if self.sample_size is not None else getattr(self.source, "cursor", None)
+
+    @property
+    def resumed(self) -> bool:
+        return self.sample_size is None and bool(getattr(self.source, "resumed", False))
 
     def get_documents(self, ids: Sequence[str]) -> list[Document]:
         return self.source.get_documents(ids)
@@ -463,7 +475,8 @@ def es_retriever_template(fields: Sequence[str], vector_field: str, weight: floa
 
 
 def docs_fingerprint(docs: Sequence[Document]) -> str:
-    """A short hash of the documents' ids and texts (a changed index rebuilds every stage)."""
+    """A short hash of the documents' ids and texts (a changed index rebuilds every stage); what
+    :func:`rgpl_adapt.chunked.copy_documents` computes over the copied store in store order."""
     h = hashlib.sha256()
     for d in docs:
         h.update(json.dumps([d.id, d.title, d.text]).encode("utf-8"))

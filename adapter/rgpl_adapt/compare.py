@@ -19,11 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from rgpl_adapt.chunked import StoreIds, StoreReader
 from rgpl_adapt.config import AdaptConfig
 from rgpl_adapt.devices import resolve_device
+from rgpl_adapt.distributed import DistInfo
 from rgpl_adapt.neighbours import exact_search
 from rgpl_adapt.progress import ProgressFactory, silent
-from rgpl_plugin.base import Backend, Hit, batched
+from rgpl_plugin.base import Backend, Hit
 from rgpl_plugin.fusion import fuse
 
 SYSTEMS = ("bm25", "zero-shot", "adapted", "hybrid")
@@ -48,47 +50,60 @@ def _as_results(qids: Sequence[str], hits: list[list[Hit]], k: int | None = None
 ENCODE_CHUNK = 10_000  # documents encoded and written at a time
 
 
-def _encode_corpus_into(backend: Backend, space: str, encoder, progress: ProgressFactory) -> None:
-    with progress(total=backend.count(), desc=f"encoding corpus ({space})", unit="doc") as bar:
-        for docs in batched(backend.iter_documents(), ENCODE_CHUNK):
-            vecs = encoder.encode([d.full_text() for d in docs], batch_size=64)
-            backend.put_vectors(space, [d.id for d in docs], vecs)
-            bar.update(len(docs))
+def _store_dir(
+    backend: Backend, scratch: ExitStack, store: str | os.PathLike | None = None, out: Path | None = None
+) -> tuple[Path, str]:
+    """A document store holding ``backend``'s documents and a key naming its content: ``store`` when given,
+    the embedded backend's own ``docs.sqlite``, else a copy streamed a chunk at a time (resumable) into
+    ``out/docs`` or, without ``out``, into a folder that ``scratch`` removes."""
+    from rgpl_plugin.docstore import DOCS_FILE
+
+    from rgpl_adapt.chunked import copy_documents
+
+    own = getattr(backend, "path", None)
+    if store is None and own is not None and (Path(own) / DOCS_FILE).is_file():
+        store = own
+    if store is not None:
+        with StoreReader(store) as reader:
+            n = reader.count()
+        return Path(store), f"{n}:{(Path(store) / DOCS_FILE).stat().st_mtime_ns}"
+    folder = Path(out) / "docs" if out is not None else Path(scratch.enter_context(tempfile.TemporaryDirectory()))
+    copied = copy_documents(backend, folder, key=f"{getattr(backend, 'name', '')}:{backend.count()}",
+                            chunk_size=ENCODE_CHUNK)
+    return folder, f"{copied.count}:{copied.sha}"
 
 
-def _encode_corpus_to_file(backend: Backend, encoder, folder: str) -> tuple[list[str], np.ndarray]:
-    """The corpus vectors in a memory-mapped file under ``folder`` (backends without local vectors)."""
-    ids: list[str] = []
-    matrix: np.ndarray | None = None
-    n = backend.count()
-    for docs in batched(backend.iter_documents(), ENCODE_CHUNK):
-        vecs = np.asarray(encoder.encode([d.full_text() for d in docs], batch_size=64), dtype=np.float32)
-        if matrix is None:
-            path = os.path.join(folder, "vectors.npy")
-            matrix = np.lib.format.open_memmap(path, "w+", np.float32, (n, vecs.shape[1]))
-        matrix[len(ids) : len(ids) + len(docs)] = vecs
-        ids.extend(d.id for d in docs)
-    if matrix is None:
-        return [], np.empty((0, 1), np.float32)
-    matrix.flush()
-    return ids, matrix[: len(ids)]
+def encode_store_vectors(
+    store_dir: Path, encoder, out: Path, *, key: str, progress: ProgressFactory = silent,
+    chunk_size: int | None = None, batch_size: int = 64,
+) -> tuple[StoreIds, np.ndarray]:
+    """``(ids, vectors)`` of every document of the store: encoded a chunk at a time into ``out/vectors.npy``
+    (:func:`rgpl_adapt.chunked.encode_store`: resumable after a kill, reused under the same ``key``),
+    returned as a read-only memory map; ids are looked up by row for the hits only."""
+    from rgpl_adapt.chunked import encode_store
+
+    dim = int(np.asarray(encoder.encode(["dimension probe"], batch_size=1)).shape[1])
+    res = encode_store(encoder, store_dir, out, dim=dim, key=key, chunk_size=chunk_size or ENCODE_CHUNK,
+                       batch_size=batch_size, info=DistInfo(), progress=progress)
+    return StoreIds(store_dir), np.load(res.path, mmap_mode="r")
 
 
 def corpus_vectors(
-    backend: Backend, space: str, encoder, progress: ProgressFactory, scratch: ExitStack
-) -> tuple[list[str], np.ndarray]:
-    """Ids and vectors of ``space`` for exact search: the backend's local vectors (written first when the
-    space is missing), or, for a backend that keeps vectors elsewhere (a cluster), the corpus encoded into
-    a memory-mapped file in a temporary folder that ``scratch`` removes."""
+    backend: Backend, space: str, encoder, progress: ProgressFactory, scratch: ExitStack,
+    *, out: Path | None = None, model: str = "", store: str | os.PathLike | None = None,
+) -> tuple[Sequence[str], np.ndarray]:
+    """Ids and vectors of ``space`` for exact search: the backend's local vectors when it has the space,
+    else the store's documents encoded chunk by chunk into ``out/<space>/vectors.npy`` (resumable; reused
+    while ``model`` and the store are the same) or, without ``out``, into a folder that ``scratch`` removes.
+    Memory: one chunk of texts and the pages of the memory map in use, whatever the corpus size."""
     getter = getattr(backend, "vector_matrix", None)
-    local = None
-    if getter is not None:
-        if not backend.has_vectors(space):
-            _encode_corpus_into(backend, space, encoder, progress)
+    if getter is not None and backend.has_vectors(space):
         local = getter(space)
-    if local is not None:
-        return local
-    return _encode_corpus_to_file(backend, encoder, scratch.enter_context(tempfile.TemporaryDirectory()))
+        if local is not None:
+            return local
+    store_dir, content = _store_dir(backend, scratch, store, out)
+    folder = Path(out) / space if out is not None else Path(scratch.enter_context(tempfile.TemporaryDirectory()))
+    return encode_store_vectors(store_dir, encoder, folder, key=f"{space}:{model}:{content}", progress=progress)
 
 
 def evaluate_run(
@@ -118,6 +133,10 @@ def evaluate_run(
     if unknown:
         raise ValueError(f"unknown system(s) {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
     cfg = AdaptConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    # a cluster run's copy of the index's documents: what its vectors are encoded from (no second read)
+    copied = run_dir / "docs"
+    store = copied if backend is not None and getattr(backend, "path", None) is None \
+        and (copied / "docs.sqlite").is_file() else None
     backend = backend or open_embedded(run_dir)
     qids = [q for q in queries if q in qrels]
     if not qids:
@@ -129,7 +148,8 @@ def evaluate_run(
     with ExitStack() as scratch:
         if needs_adapted:
             qvecs = encoder.encode(texts, batch_size=64)
-            dense = corpus_vectors(backend, DENSE_SPACE, encoder, progress, scratch)
+            dense = corpus_vectors(backend, DENSE_SPACE, encoder, progress, scratch, out=run_dir / "eval",
+                                   model=export_key(run_dir / "export"), store=store)
             adapted = exact_search(*dense, qvecs, k + 1)
         for system in systems:
             if system == "bm25":
@@ -137,7 +157,8 @@ def evaluate_run(
             elif system == "zero-shot":
                 base = SentenceTransformerEncoder(load_sentence_transformer(
                     cfg.training.student, resolve_device(cfg.device), cfg.training.max_seq_len))
-                vectors = corpus_vectors(backend, ZERO_SHOT_SPACE, base, progress, scratch)
+                vectors = corpus_vectors(backend, ZERO_SHOT_SPACE, base, progress, scratch, out=run_dir / "eval",
+                                         model=f"{cfg.training.student}:{cfg.training.max_seq_len}", store=store)
                 hits = exact_search(*vectors, base.encode(texts, batch_size=64), k + 1)
             elif system == "adapted":
                 hits = adapted
@@ -152,8 +173,30 @@ def evaluate_run(
     return table
 
 
+def export_key(export_dir: Path) -> str:
+    """The exported model's identity: its stage manifest's fingerprint (else the folder's mtime)."""
+    import json
+
+    manifest = export_dir / "manifest.json"
+    if manifest.is_file():
+        return str(json.loads(manifest.read_text()).get("fingerprint", manifest.stat().st_mtime_ns))
+    return str(export_dir.stat().st_mtime_ns) if export_dir.exists() else ""
+
+
 def describe(table: dict[str, dict[str, float]]) -> dict[str, Any]:
     return {"systems": list(table), "metrics": table}
+
+
+class _ModelEncoder:
+    """A sentence-transformers model (torch) as a :class:`~rgpl_adapt.encoding.TextEncoder`."""
+
+    def __init__(self, model, normalize: bool) -> None:
+        self.model, self.normalize = model, normalize
+
+    def encode(self, texts, batch_size: int = 64, progress=None) -> np.ndarray:
+        from rgpl_adapt.encoding import encode_texts
+
+        return np.asarray(encode_texts(self.model, list(texts), batch_size, normalize=self.normalize), dtype=np.float32)
 
 
 def make_training_evaluator(
@@ -165,13 +208,16 @@ def make_training_evaluator(
     batch_size: int = 128,
     k: int = 100,
     space: str = "eval-student",
+    store: str | os.PathLike | None = None,
 ):
     """A callable for periodic evaluation during training: metrics of the current student.
 
-    It encodes the corpus with the student (torch; its train mode is restored), searches those
-    vectors exactly (:func:`rgpl_adapt.neighbours.exact_search`, whatever the corpus size) and
-    returns ``evaluate``'s metrics. ``backend`` only supplies the documents; ``space`` is kept for
-    callers that passed it and is no longer written.
+    It encodes the corpus with the student (torch; its train mode is restored) chunk by chunk from the
+    document store (``store``, else the embedded backend's own, else a streamed copy of ``backend``'s
+    documents) into a memory-mapped file that is removed after each call, searches those vectors exactly
+    (:func:`rgpl_adapt.neighbours.exact_search`, whatever the corpus size) and returns ``evaluate``'s
+    metrics. Memory: one chunk of texts and the map's pages in use, not the corpus. ``space`` is kept for
+    callers that passed it and is not written.
     """
     from rgpl_adapt.encoding import encode_texts
     from rgpl_adapt.evaluation import evaluate
@@ -180,13 +226,18 @@ def make_training_evaluator(
     if not qids:
         raise ValueError("none of the evaluation queries has judgements in the qrels file")
     texts = [queries[q] for q in qids]
-    docs = list(backend.iter_documents())
-    doc_ids = [d.id for d in docs]
-    doc_texts = [d.full_text() for d in docs]
+    copies = ExitStack()  # a streamed copy of a backend without a store lives as long as the evaluator
+    store_dir, _ = _store_dir(backend, copies, store)
+    calls = iter(range(1 << 62))
 
     def evaluator(model) -> dict[str, float]:
-        vecs = np.asarray(encode_texts(model, doc_texts, batch_size, normalize=normalize), dtype=np.float32)
-        hits = exact_search(doc_ids, vecs, encode_texts(model, texts, batch_size, normalize=normalize), k + 1)
+        with tempfile.TemporaryDirectory() as folder:
+            ids, vecs = encode_store_vectors(store_dir, _ModelEncoder(model, normalize), Path(folder),
+                                             key=f"student-{next(calls)}", batch_size=batch_size)
+            qvecs = encode_texts(model, texts, batch_size, normalize=normalize)
+            hits = exact_search(ids, vecs, qvecs, k + 1)
+            del vecs
         return evaluate(_as_results(qids, hits, k), qrels)
 
+    evaluator.close = copies.close  # type: ignore[attr-defined]
     return evaluator

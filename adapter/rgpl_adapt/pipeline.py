@@ -223,8 +223,9 @@ class Pipeline:
 
         assert self.backend is not None
         self.store_dir = self.dir / "docs"
-        if self.dist.is_main:
-            copy_documents(self.backend.iter_documents(), self.store_dir, key=self.backend.name)
+        if self.dist.is_main:  # resumable: a killed copy of the same index (name and size) continues
+            copy_documents(self.backend, self.store_dir, key=f"{self.backend.name}:{self.backend.count()}",
+                           chunk_size=self.chunk_size)
         found = json.loads((self.store_dir / "fingerprint.json").read_text())
         n = found["count"]
         self._upstream = f"{self.backend.name}:{n}:{found['sha']}"
@@ -408,7 +409,7 @@ class Pipeline:
 
                 qrels, eval_queries = self.eval_data
                 evaluator = make_training_evaluator(
-                    self.backend, qrels, eval_queries, normalize=tc.similarity == "cosine"
+                    self.backend, qrels, eval_queries, normalize=tc.similarity == "cosine", store=self.store_dir
                 )
             trainer = Trainer(
                 self.cfg,

@@ -27,14 +27,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 
 from rgpl_adapt.config import AdaptConfig
 from rgpl_adapt.drift import (
@@ -47,6 +45,7 @@ from rgpl_adapt.drift import (
     snapshot_digest,
 )
 from rgpl_adapt.progress import ProgressFactory, silent
+from rgpl_adapt.promotion import GatedPublisher, candidate_ords, encoder_mrr, fair_holdout, model_key
 from rgpl_adapt.records import Document, GeneratedQuery
 from rgpl_adapt.state import (
     Clock,
@@ -62,7 +61,6 @@ from rgpl_adapt.versions import (
     DEFAULT_TOLERANCE,
     PromotionDecision,
     decide_promotion,
-    mrr_at_k,
     next_version,
     promote_embedded,
     prune_cluster_indices,
@@ -133,45 +131,12 @@ class ClusterTarget:
         return self.options.alias or self.options.index
 
 
-# -- promotion evaluation ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DocumentScan:
+    """One streamed pass over the target's documents: how many, and their fingerprints when asked for."""
 
-
-def candidate_documents(docs: Sequence[Document], held_out: Sequence[GeneratedQuery], max_docs: int,
-                        seed: int = 0) -> list[Document]:
-    """All documents, or for a big corpus the held-out positives plus a random sample up to ``max_docs``."""
-    if len(docs) <= max_docs:
-        return list(docs)
-    positives = {q.doc_id for q in held_out}
-    keep = [d for d in docs if d.id in positives]
-    rest = [d for d in docs if d.id not in positives]
-    keep += random.Random(seed).sample(rest, max(0, min(len(rest), max_docs - len(keep))))
-    return keep
-
-
-def encoder_mrr(encoder: Any, docs: Sequence[Document], held_out: Sequence[GeneratedQuery], k: int = 10) -> float:
-    """MRR@k of exact inner-product search over ``docs`` for the held-out queries."""
-    d = np.asarray(encoder.encode([x.full_text() for x in docs], batch_size=64), dtype=np.float32)
-    q = np.asarray(encoder.encode([x.text for x in held_out], batch_size=64), dtype=np.float32)
-    scores = q @ d.T
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    ids = [x.id for x in docs]
-    return mrr_at_k([[ids[j] for j in row] for row in top], [x.doc_id for x in held_out], k)
-
-
-def fair_holdout(new_queries: Sequence[GeneratedQuery], serving_queries: Sequence[GeneratedQuery],
-                 seed: int) -> tuple[list[GeneratedQuery], str]:
-    """The new run's held-out queries minus those the serving model trained on (reused queries)."""
-    from rgpl_adapt.pipeline import holdout_split
-
-    _, held = holdout_split(new_queries, seed)
-    if not serving_queries:
-        return held, "held-out pseudo queries of the new run"
-    trained, _ = holdout_split(serving_queries, seed)
-    seen = {(q.doc_id, q.text) for q in trained}
-    fair = [q for q in held if (q.doc_id, q.text) not in seen]
-    if fair:
-        return fair, "held-out pseudo queries of the new run that the serving model never trained on"
-    return held, "held-out pseudo queries of the new run (all were seen by the serving model: biased towards it)"
+    count: int
+    hashes: dict[str, str] | None = None
 
 
 # -- the re-adapter ------------------------------------------------------------------------------------
@@ -227,38 +192,60 @@ class Readapter:
         """The last finished adaptation (promoted or not): drift is measured since it."""
         return next((r for r in self.store.runs(self.target) if r.status in ("promoted", "rejected")), None)
 
-    def _documents(self) -> list[Document]:
+    def _iter_documents(self) -> Iterator[Document]:
+        """The target's documents, streamed (the corpus file, or the index read with PIT/scroll)."""
         if self.cluster is None:
-            from rgpl_adapt.corpus import read_corpus
+            from collections import Counter
 
-            docs, _ = read_corpus(self.cfg.corpus)
-            return docs
+            from rgpl_adapt.corpus import CorpusError, iter_corpus
+
+            counts: Counter[str] = Counter()
+            n = 0
+            for doc in iter_corpus(self.cfg.corpus, counts):
+                n += 1
+                yield doc
+            if not n:
+                read = counts.pop("read", 0)
+                raise CorpusError(
+                    f"no usable documents in {self.cfg.corpus.path} (read {read} records; skipped: "
+                    f"{dict(counts) or 'none'}). Check --text-field (now {self.cfg.corpus.text_field!r}) "
+                    f"and --id-field (now {self.cfg.corpus.id_field!r})."
+                )
+            return
         from rgpl_adapt.cluster import open_backend
 
         backend = open_backend(self.cluster.client, self.cluster.options)
         try:
-            return list(backend.iter_documents())
+            yield from backend.iter_documents()
         finally:
             backend.close()
 
+    def _scan(self, *, hashes: bool) -> DocumentScan:
+        """Count the documents (and fingerprint them) in one streamed pass: the texts are never held."""
+        if not hashes:
+            return DocumentScan(sum(1 for _ in self._iter_documents()))
+        found = fingerprints(self._iter_documents())
+        return DocumentScan(len(found), found)
+
     def _count(self) -> int:
         if self.cluster is None:
-            return len(self._documents())
+            return self._scan(hashes=False).count
         from rgpl_adapt.drift import count_documents
 
         return count_documents(self.cluster.client, self.cluster.options.index)
 
-    def measure_drift(self, docs: list[Document] | None = None) -> tuple[DriftReport, dict[str, str] | None]:
+    def measure_drift(self, scan: DocumentScan | None = None) -> tuple[DriftReport, dict[str, str] | None]:
         """Drift since the baseline, and the current fingerprints when they were computed."""
         s = self.settings
         base = self._baseline()
         if s.drift_mode == "fingerprint":
-            hashes = fingerprints(docs if docs is not None else self._documents())
+            hashes = scan.hashes if scan is not None and scan.hashes is not None else self._scan(hashes=True).hashes
+            assert hashes is not None
             old = self.store.snapshot(self.target, base.version) if base else None
             if base is not None and old is None:
                 log.warning("no fingerprint snapshot of v%d: counting every document as new", base.version)
             return compare_fingerprints(old, hashes, threshold=s.threshold), hashes
-        now = len(docs) if docs is not None else self._count()
+        now = scan.count if scan is not None else self._count()
         before = base.snapshot.get("documents") if base else None
         if s.drift_mode == "count":
             return count_drift(before, now, threshold=s.threshold), None
@@ -279,19 +266,21 @@ class Readapter:
     def run_once(self, *, force: bool = False) -> Outcome:
         """Check drift; adapt, evaluate, promote or not, prune. Errors are recorded, not raised."""
         try:
-            docs = self._documents() if (self.settings.drift_mode == "fingerprint" or self.cluster is None) else None
-            drift, hashes = self.measure_drift(docs)
+            fingerprint = self.settings.drift_mode == "fingerprint"
+            scan = self._scan(hashes=fingerprint) if (fingerprint or self.cluster is None) else None
+            drift, hashes = self.measure_drift(scan)
         except (RuntimeError, ValueError, OSError, KeyError) as exc:
             return Outcome(self.target, "failed", None, f"could not measure drift: {exc}")
         if not drift.due and not force:
             return Outcome(self.target, "skipped", drift, drift.summary())
         try:
             with hold_lock(self.store, self.target, holder=self.holder, ttl_s=self.settings.lock_ttl_s) as lease:
-                return self._adapt(docs, drift, hashes, lease)
+                return self._adapt(scan, drift, hashes, lease)
         except LockHeldError as exc:
             return Outcome(self.target, "locked", drift, str(exc))
 
-    def _adapt(self, docs: list[Document] | None, drift: DriftReport, hashes: dict[str, str] | None, lease: Any) -> Outcome:
+    def _adapt(self, scan: DocumentScan | None, drift: DriftReport, hashes: dict[str, str] | None,
+               lease: Any) -> Outcome:
         runs = self.store.runs(self.target)
         version = next_version(runs)
         run_dir = version_dir(self.root, version)
@@ -310,17 +299,17 @@ class Readapter:
             self.emit(event, info)
 
         try:
-            if docs is None:
-                docs = self._documents()
-            if hashes is None:
-                hashes = fingerprints(docs)
+            if scan is None or hashes is None:
+                scan = self._scan(hashes=True)
+                hashes = scan.hashes
+            assert hashes is not None
             cfg = self._config_for(serving_dir)
             (run_dir).mkdir(parents=True, exist_ok=True)
             reuse = self._reusable(hashes, serving_run, serving_dir)
             decision_box: dict[str, PromotionDecision] = {}
 
             def decide(export_dir: Path) -> PromotionDecision:
-                decision_box["d"] = self._evaluate(run_dir, export_dir, serving_dir, docs, version,
+                decision_box["d"] = self._evaluate(run_dir, export_dir, serving_dir, version,
                                                    serving.version if serving else None)
                 return decision_box["d"]
 
@@ -333,7 +322,7 @@ class Readapter:
             }
             decision = decision_box.get("d") or decide(result.run_dir / "export")
             (run_dir / "promotion.json").write_text(json.dumps(decision.to_dict(), indent=2))
-            snapshot = {"documents": len(docs), "digest": snapshot_digest(hashes), "queries": reuse_info}
+            snapshot = {"documents": scan.count, "digest": snapshot_digest(hashes), "queries": reuse_info}
             index_version = None
             if self.cluster is not None:
                 info = result.report.get("cluster", {})
@@ -410,8 +399,27 @@ class Readapter:
         finally:
             backend.close()
 
-    def _evaluate(self, run_dir: Path, export_dir: Path, serving_dir: Path | None, docs: list[Document],
+    def _eval_store(self, run_dir: Path) -> Path:
+        """The document store of the target's documents for the promotion search: the new run's own (the
+        corpus, or the whole index copied), else (an index adapted on a sample) a streamed, resumable copy."""
+        if self.cluster is None:
+            return run_dir / "index"
+        if getattr(self.cluster.options, "sample", None) is None:
+            return run_dir / "docs"
+        from rgpl_adapt.chunked import copy_documents
+        from rgpl_adapt.cluster import open_backend
+
+        backend = open_backend(self.cluster.client, self.cluster.options)
+        try:
+            copy_documents(backend, run_dir / "promotion" / "docs", key=f"{backend.name}:{backend.count()}")
+        finally:
+            backend.close()
+        return run_dir / "promotion" / "docs"
+
+    def _evaluate(self, run_dir: Path, export_dir: Path, serving_dir: Path | None,
                   version: int, serving_version: int | None) -> PromotionDecision:
+        from rgpl_plugin.docstore import DocStore
+
         from rgpl_adapt.pipeline import load_encoder
         from rgpl_adapt.warmstart import read_queries
 
@@ -425,11 +433,17 @@ class Readapter:
             return PromotionDecision(False, "needs held-out pseudo queries", None, None, self.settings.tolerance, 0,
                                      "too few pseudo queries for a held-out set (need 20+): not promoted", version,
                                      serving_version)
-        cands = candidate_documents(docs, held, self.settings.eval_max_docs, seed)
-        new_mrr = encoder_mrr(load_encoder(export_dir, self.cfg.export.onnx, bulk=True), cands, held)
+        store_dir = self._eval_store(run_dir)
+        with DocStore(store_dir) as store:
+            cands = candidate_ords(store, held, self.settings.eval_max_docs, seed)
+        out = run_dir / "promotion"
+        new_mrr = encoder_mrr(load_encoder(export_dir, self.cfg.export.onnx, bulk=True), store_dir, cands, held,
+                              out=out / "new", key=model_key(export_dir))
         serving_mrr = None
         if serving_dir is not None:
-            serving_mrr = encoder_mrr(load_encoder(serving_dir / "export", self.cfg.export.onnx, bulk=True), cands, held)
+            serving_export = serving_dir / "export"
+            serving_mrr = encoder_mrr(load_encoder(serving_export, self.cfg.export.onnx, bulk=True), store_dir, cands, held,
+                                      out=out / "serving", key=model_key(serving_export))
         decision = decide_promotion(round(new_mrr, 6), None if serving_mrr is None else round(serving_mrr, 6),
                                     tolerance=self.settings.tolerance, queries=len(held), new_version=version,
                                     serving_version=serving_version)
@@ -486,27 +500,3 @@ class Readapter:
             except (RuntimeError, ValueError, OSError, KeyError) as exc:
                 out["drift"] = {"error": str(exc)}
         return out
-
-
-class GatedPublisher:
-    """A :class:`rgpl_adapt.pipeline.Publisher` that publishes (moves the alias) only when the
-    promotion rule says so; otherwise the new version stays unpublished."""
-
-    def __init__(self, inner: Any, decide: Callable[[Path], PromotionDecision]) -> None:
-        self.inner = inner
-        self.decide = decide
-
-    def fingerprint(self) -> dict[str, Any]:
-        return self.inner.fingerprint()
-
-    def documents(self) -> Any:
-        return self.inner.documents()
-
-    def describe(self) -> dict[str, Any]:
-        return self.inner.describe()
-
-    def publish(self, export_dir: Path, weights: dict[str, Any]) -> dict[str, Any]:
-        decision = self.decide(export_dir)
-        if decision.promoted:
-            return {**self.inner.publish(export_dir, weights), "promotion": decision.to_dict()}
-        return {"published": False, "hybrid_weight": weights.get("hybrid_weight"), "promotion": decision.to_dict()}

@@ -24,7 +24,7 @@ import itertools
 import os
 import random
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,10 +79,26 @@ class DocStoreWriter:
         n_docs = self._db.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
         return ResumePoint(chunks=int(row[0]), consumed=int(row[1]), docs=int(n_docs), duplicates=int(row[2]))
 
-    def append_chunk(self, documents: Sequence[Document]) -> list[tuple[int, str, str, str]]:
+    def info(self, name: str) -> str | None:
+        """A value recorded in the ``info`` table (``key``, ``done``, or one given to :meth:`append_chunk`)."""
+        row = self._db.execute("SELECT value FROM info WHERE key = ?", (name,)).fetchone()
+        return None if row is None else row[0]
+
+    def stored(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` are already stored (one indexed look-up per 500 ids)."""
+        found: set[str] = set()
+        for chunk in batched(list(dict.fromkeys(ids)), _SQL_CHUNK):
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in self._db.execute(f"SELECT id FROM docs WHERE id IN ({marks})", chunk))  # noqa: S608
+        return found
+
+    def append_chunk(
+        self, documents: Sequence[Document], info: Mapping[str, str] | None = None
+    ) -> list[tuple[int, str, str, str]]:
         """Store one chunk (one transaction, recorded in ``chunks``); returns the rows kept ``(ord, id, title, text)``.
 
-        A document whose id is already stored is skipped and counted as a duplicate.
+        A document whose id is already stored is skipped and counted as a duplicate. ``info`` values
+        (e.g. where the input's reader stands) are recorded in the same transaction as the chunk.
         """
         point = self.resume_point()
         n = point.docs
@@ -99,6 +115,8 @@ class DocStoreWriter:
                 "INSERT INTO chunks VALUES (?, ?, ?, ?)",
                 (point.chunks, point.consumed + len(documents), len(kept), len(documents) - len(kept)),
             )
+            for name, value in (info or {}).items():
+                self._db.execute("INSERT OR REPLACE INTO info VALUES (?, ?)", (name, value))
         return kept
 
     def append(
@@ -172,6 +190,14 @@ class DocStore:
             marks = ",".join("?" * len(chunk))
             found.update(self._db.execute(f"SELECT ord, id FROM docs WHERE ord IN ({marks})", chunk))  # noqa: S608
         return [found[int(o)] for o in ords]
+
+    def ords_of(self, ids: Iterable[str]) -> dict[str, int]:
+        """``id -> ord`` of the ids that are stored (unknown ids are left out)."""
+        found: dict[str, int] = {}
+        for chunk in batched(dict.fromkeys(ids), _SQL_CHUNK):
+            marks = ",".join("?" * len(chunk))
+            found.update(self._db.execute(f"SELECT id, ord FROM docs WHERE id IN ({marks})", chunk))  # noqa: S608
+        return found
 
     def by_ords(self, ords: Sequence[int]) -> list[Document]:
         """The documents at these ords, in the same order."""

@@ -101,37 +101,28 @@ class ElasticsearchBackend(OpenSearchBackend):
     # -- reading -------------------------------------------------------------------------------
 
     def _iter_hits(
-        self, index: str, source: Any, batch_size: int, query: Mapping[str, Any]
+        self, index: str, source: Any, batch_size: int, query: Mapping[str, Any],
+        resume: Mapping[str, Any] | None = None,
     ) -> Iterator[dict[str, Any]]:
-        pit = self._call("opening a point in time", self.client.open_point_in_time, index=index, keep_alive=self.keep_alive)
+        self.cursor, self.resumed = None, False
         self.read_with = "pit"
-        pit_id = pit["id"]
+        if resume:
+            first = self._resume_pit(index, source, batch_size, query, resume)
+            if first is not None:
+                self.resumed = True
+                yield from self._pit_hits(index, source, batch_size, query, resume["pit_id"], first)
+                return
+        pit = self._call("opening a point in time", self.client.open_point_in_time, index=index, keep_alive=self.keep_alive)
+        yield from self._pit_hits(index, source, batch_size, query, pit["id"])
+
+    def _pit_search(self, index: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call("reading documents with a point in time", self.client.search, body=body, _index=index)
+
+    def _close_pit(self, index: str, pit_id: str) -> None:
         try:
-            after = None
-            while True:
-                body: dict[str, Any] = {
-                    "size": batch_size,
-                    "query": dict(query),
-                    "_source": source,
-                    "pit": {"id": pit_id, "keep_alive": self.keep_alive},
-                    "sort": ["_shard_doc"],
-                }
-                if self.slice:
-                    body["slice"] = dict(self.slice)
-                if after is not None:
-                    body["search_after"] = after
-                resp = self._call("reading documents with a point in time", self.client.search, body=body, _index=index)
-                hits = resp["hits"]["hits"]
-                if not hits:
-                    return
-                pit_id = resp.get("pit_id", pit_id)
-                yield from hits
-                after = hits[-1]["sort"]
-        finally:
-            try:
-                self.client.close_point_in_time(id=pit_id)
-            except Exception as exc:  # it expires by itself
-                log.info("could not close PIT on %s: %s", index, type(exc).__name__)
+            self.client.close_point_in_time(id=pit_id)
+        except Exception as exc:  # it expires by itself
+            log.info("could not close PIT on %s: %s", index, type(exc).__name__)
 
     # -- vector spaces -------------------------------------------------------------------------
 

@@ -138,6 +138,8 @@ class OpenSearchBackend:
         self.skipped: Counter[str] = Counter()
         """Documents skipped by the last :meth:`iter_documents`, by reason (``missing``, ``empty``, ``not_string``)."""
         self.read_with: str | None = None
+        self.cursor: dict[str, Any] | None = None  # where a PIT read stands after the last yielded document
+        self.resumed = False  # whether the last read continued an earlier one's point in time
         """``"pit"`` or ``"scroll"``: how the last :meth:`iter_documents` read."""
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -287,11 +289,16 @@ class OpenSearchBackend:
         body = {"query": self.query} if self.query else None
         return int(self._call("counting documents", self.client.count, index=self.index, body=body)["count"])
 
-    def iter_documents(self, batch_size: int = 1000) -> Iterator[Document]:
+    def iter_documents(self, batch_size: int = 1000, resume: Mapping[str, Any] | None = None) -> Iterator[Document]:
         """Every selected document once, via Point-in-Time + ``search_after`` on ``_shard_doc``;
-        scroll when the cluster has no PIT. Bad documents are counted in :attr:`skipped`."""
+        scroll when the cluster has no PIT. Bad documents are counted in :attr:`skipped`.
+
+        After each yielded document :attr:`cursor` is where the read stands (``{"pit_id", "after"}``; None
+        with scroll). ``resume`` (such a cursor, e.g. saved by a copy killed mid-way) continues that read in
+        its point in time when it is still open; when it has expired the read starts from the beginning.
+        :attr:`resumed` says which happened."""
         self.skipped = Counter()
-        for hit in self._iter_hits(self.index, self._source_fields(), batch_size, self._query()):
+        for hit in self._iter_hits(self.index, self._source_fields(), batch_size, self._query(), resume):
             doc = self._to_document(hit)
             if doc is not None:
                 yield doc
@@ -314,8 +321,16 @@ class OpenSearchBackend:
         return parse_version(self.version()) >= parse_version(PIT_SHARD_DOC_SINCE)
 
     def _iter_hits(
-        self, index: str, source: Any, batch_size: int, query: Mapping[str, Any]
+        self, index: str, source: Any, batch_size: int, query: Mapping[str, Any],
+        resume: Mapping[str, Any] | None = None,
     ) -> Iterator[dict[str, Any]]:
+        self.cursor, self.resumed = None, False
+        if resume and self.pit_sort_supported():
+            first = self._resume_pit(index, source, batch_size, query, resume)
+            if first is not None:
+                self.read_with, self.resumed = "pit", True
+                yield from self._pit_hits(index, source, batch_size, query, resume["pit_id"], first)
+                return
         if not self.pit_sort_supported():
             self.read_with = "scroll"
             yield from self._scroll_hits(index, source, batch_size, query)
@@ -332,33 +347,67 @@ class OpenSearchBackend:
                 return
             raise self._error(exc, "opening a point in time", index) from None
         self.read_with = "pit"
-        pit_id = pit["pit_id"]
+        yield from self._pit_hits(index, source, batch_size, query, pit["pit_id"])
+
+    def _pit_body(
+        self, pit_id: str, after: Any, source: Any, batch_size: int, query: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "size": batch_size,
+            "query": dict(query),
+            "_source": source,
+            "pit": {"id": pit_id, "keep_alive": self.keep_alive},
+            "sort": ["_shard_doc"],  # ascending; a plain name is unambiguous in the spec
+        }
+        if self.slice:
+            body["slice"] = dict(self.slice)
+        if after is not None:
+            body["search_after"] = after
+        return body
+
+    def _pit_search(self, index: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call("reading documents with a point in time", self.client.search, body=body)
+
+    def _close_pit(self, index: str, pit_id: str) -> None:
         try:
-            after = None
+            self.client.delete_pit(body={"pit_id": [pit_id]})
+        except Exception as exc:  # the PIT expires by itself; do not hide the real error
+            log.info("could not delete PIT on %s: %s", index, type(exc).__name__)
+
+    def _resume_pit(
+        self, index: str, source: Any, batch_size: int, query: Mapping[str, Any], resume: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """The page after ``resume`` in its point in time, or None when that PIT is gone (expired, node restarted)."""
+        if not resume.get("pit_id") or resume.get("after") is None:
+            return None
+        body = self._pit_body(resume["pit_id"], list(resume["after"]), source, batch_size, query)
+        try:
+            return self._pit_search(index, body)
+        except Exception as exc:  # expired or unknown PIT: read from the start (a copy skips what it has)
+            log.info("the point in time of the interrupted read on %s is gone (%s); reading from the start",
+                     index, type(exc).__name__)
+            return None
+
+    def _pit_hits(
+        self, index: str, source: Any, batch_size: int, query: Mapping[str, Any], pit_id: str,
+        first: dict[str, Any] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Pages of a PIT read (``first``: a page already fetched); deletes the PIT at the end."""
+        try:
+            after, resp = None, first
             while True:
-                body: dict[str, Any] = {
-                    "size": batch_size,
-                    "query": dict(query),
-                    "_source": source,
-                    "pit": {"id": pit_id, "keep_alive": self.keep_alive},
-                    "sort": ["_shard_doc"],  # ascending; a plain name is unambiguous in the spec
-                }
-                if self.slice:
-                    body["slice"] = dict(self.slice)
-                if after is not None:
-                    body["search_after"] = after
-                resp = self._call("reading documents with a point in time", self.client.search, body=body)
+                if resp is None:
+                    resp = self._pit_search(index, self._pit_body(pit_id, after, source, batch_size, query))
                 hits = resp["hits"]["hits"]
                 if not hits:
                     return
                 pit_id = resp.get("pit_id", pit_id)
-                yield from hits
-                after = hits[-1]["sort"]
+                for hit in hits:
+                    self.cursor = {"pit_id": pit_id, "after": hit["sort"]}
+                    yield hit
+                after, resp = hits[-1]["sort"], None
         finally:
-            try:
-                self.client.delete_pit(body={"pit_id": [pit_id]})
-            except Exception as exc:  # the PIT expires by itself; do not hide the real error
-                log.info("could not delete PIT on %s: %s", index, type(exc).__name__)
+            self._close_pit(index, pit_id)
 
     def _scroll_hits(
         self, index: str, source: Any, batch_size: int, query: Mapping[str, Any]

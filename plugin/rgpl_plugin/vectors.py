@@ -24,7 +24,8 @@ float32 matrix, so the ranking is exact within the candidates. On 50k clustered 
 recall@10 against exact search stayed at 0.998 while the one-query p50 fell from 1.01 ms (f32 graph,
 batch call) to 0.39-0.46 ms at a higher machine load (bench/RESULTS.md). One query goes straight to
 ``Index.search(vector)``, without the batch bookkeeping. A graph saved with other settings (dtype,
-connectivity) is rebuilt.
+connectivity) is rebuilt. The graph code lives in :mod:`rgpl_plugin.hnsw`; its build checkpoints the
+partial graph (``hnsw.usearch.partial`` + ``.partial.json``), so a build killed mid-way continues.
 When usearch is not installed, search **falls back to exact** with a logged warning (exact is
 always correct, just slower) instead of failing a pipeline run; install ``rgpl-adapt[hnsw]``.
 """
@@ -44,15 +45,28 @@ from typing import Any
 import numpy as np
 
 from rgpl_plugin.base import Hit
+from rgpl_plugin.hnsw import (
+    HNSW_CONNECTIVITY,
+    HNSW_EXPANSION_ADD,
+    HNSW_OVERSAMPLE,
+    CHECKPOINT_EVERY_S,
+    CHECKPOINT_MIN_ROWS,
+    Checkpoint,
+    build_hnsw,
+    graph_settings,
+    hnsw_search,
+    rescore,
+    save_atomic,
+    vectors_key,
+)
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_HNSW_THRESHOLD = 200_000
-HNSW_CONNECTIVITY = 16
-HNSW_EXPANSION_ADD = 128
 HNSW_EXPANSION_SEARCH = 128
 HNSW_DTYPE = "bf16"
-HNSW_OVERSAMPLE = 2
+__all__ = ["HNSW_CONNECTIVITY", "HNSW_EXPANSION_ADD", "HNSW_OVERSAMPLE", "VectorStore", "build_hnsw",
+           "exact_topk", "hnsw_search"]
 _SPACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CHUNK_ROWS = 32_768
 _QUERY_BATCH = 1_024
@@ -157,9 +171,13 @@ class VectorStore:
         *,
         hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD,
         resolve_rows: Callable[[Sequence[int]], list[str]] | None = None,
+        checkpoint_every_s: float = CHECKPOINT_EVERY_S,
+        checkpoint_min_rows: int = CHECKPOINT_MIN_ROWS,
     ) -> None:
-        """``resolve_rows`` maps store ords to ids; it enables :meth:`adopt` (the embedded backend passes it)."""
+        """``resolve_rows`` maps store ords to ids; it enables :meth:`adopt` (the embedded backend passes it).
+        ``checkpoint_*``: how often an HNSW build saves its partial graph (:class:`rgpl_plugin.hnsw.Checkpoint`)."""
         self.root = Path(root)
+        self.checkpoint_every_s, self.checkpoint_min_rows = checkpoint_every_s, checkpoint_min_rows
         self.hnsw_threshold = hnsw_threshold
         self.resolve_rows = resolve_rows
         self._cache: dict[str, _Loaded] = {}
@@ -288,6 +306,7 @@ class VectorStore:
             seg.unlink()
             _ids_path(seg).unlink()
         (folder / "hnsw.usearch").unlink(missing_ok=True)
+        Checkpoint(folder / "hnsw.usearch", "").remove()
 
     def _ids_on_disk(self, folder: Path) -> list[str]:
         rows = folder / "rows.json"
@@ -342,14 +361,17 @@ class VectorStore:
             except (RuntimeError, ValueError, OSError) as exc:  # a damaged file: rebuild, don't fail
                 logger.warning("could not load %s (%s); rebuilding it", path, exc)
                 index = None
-            if index is not None and _graph_settings(index) != (len(loaded.ids), want):
+            if index is not None and graph_settings(index) != (len(loaded.ids), want):
                 logger.info("the saved HNSW graph of space %r has other settings; rebuilding it", space)
                 index = None
-        if index is None:
+        if index is None:  # resumable: a killed build continues from its last checkpoint (rgpl_plugin.hnsw)
             logger.info("building HNSW index for space %r (%d vectors)", space, len(loaded.ids))
+            checkpoint = Checkpoint(path, vectors_key(self.root / space / "vectors.npy", loaded.matrix),
+                                    every_s=self.checkpoint_every_s, min_rows=self.checkpoint_min_rows)
             index = build_hnsw(loaded.matrix, dtype=HNSW_DTYPE, expansion_search=HNSW_EXPANSION_SEARCH,
-                               usearch_index=usearch_index)
-            index.save(str(path))
+                               usearch_index=usearch_index, checkpoint=checkpoint)
+            save_atomic(index, path)
+            checkpoint.remove()
         index.expansion_search = HNSW_EXPANSION_SEARCH
         loaded.hnsw = index
         return index
@@ -372,7 +394,7 @@ class VectorStore:
         elif queries.shape[0] == 1:  # serving: one query, no batch bookkeeping
             kk = min(k, len(loaded.ids))
             keys = index.search(queries[0], HNSW_OVERSAMPLE * kk).keys
-            one_rows, one_scores = _rescore(loaded.matrix, queries[0], keys, kk)
+            one_rows, one_scores = rescore(loaded.matrix, queries[0], keys, kk)
             return [[Hit(name, s) for name, s in zip(loaded.ids_of(one_rows), one_scores)]]
         else:
             rows, scores, counts = hnsw_search(index, loaded.matrix, queries, min(k, len(loaded.ids)))
@@ -382,64 +404,3 @@ class VectorStore:
             [Hit(next(names), float(s)) for s in scores[i, : counts[i]].tolist()]
             for i in range(len(queries))
         ]
-
-
-def build_hnsw(matrix: np.ndarray, *, dtype: str, expansion_search: int, usearch_index: Any = None) -> Any:
-    """A usearch inner-product graph over the rows of ``matrix`` (key ``i`` = row ``i``), added in slices
-    so that a memory-mapped matrix is read a block at a time. ``usearch_index``: the imported
-    ``usearch.index`` module (default: :func:`rgpl_adapt.devices.require_usearch`)."""
-    if usearch_index is None:
-        from rgpl_adapt.devices import require_usearch
-
-        usearch_index = require_usearch()
-    index = usearch_index.Index(ndim=int(matrix.shape[1]), metric="ip", dtype=dtype,
-                                connectivity=HNSW_CONNECTIVITY, expansion_add=HNSW_EXPANSION_ADD,
-                                expansion_search=expansion_search)
-    for r0 in range(0, matrix.shape[0], 65_536):
-        block = np.ascontiguousarray(matrix[r0 : r0 + 65_536], dtype=np.float32)
-        index.add(np.arange(r0, r0 + len(block), dtype=np.uint64), block, threads=0)
-    return index
-
-
-def _graph_settings(index: Any) -> tuple[int, dict[str, Any]]:
-    """(size, settings) of a restored usearch graph, comparable to what :meth:`VectorStore._hnsw` builds."""
-    dtype = str(index.dtype).rsplit(".", 1)[-1].lower()  # ScalarKind.BF16 -> "bf16"
-    return len(index), {"ndim": int(index.ndim), "dtype": dtype, "connectivity": int(index.connectivity)}
-
-
-def _rescore(
-    matrix: np.ndarray, query: np.ndarray, keys: np.ndarray, k: int
-) -> tuple[list[int], list[float]]:
-    """The best ``k`` of the HNSW candidate rows ``keys`` by their exact float32 inner product with
-    ``query``, best first, ties to the lower row."""
-    rows = np.sort(np.asarray(keys, dtype=np.int64))  # ascending: ordered reads of a memory map
-    if rows.size == 0:
-        return [], []
-    scores = np.asarray(matrix[rows] @ query, dtype=np.float32)
-    order = np.argsort(-scores, kind="stable")[:k]  # rows ascending, so stable ties go to the lower row
-    return rows[order].tolist(), scores[order].tolist()
-
-
-def hnsw_search(
-    index: Any, matrix: np.ndarray, queries: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-``k`` of a usearch index for each query (``HNSW_OVERSAMPLE * k`` candidates rescored exactly from ``matrix``): ``(rows, scores, counts)``,
-    padded to ``k`` columns (``counts[i]`` valid), best first, ties to the lower row."""
-    # one thread per query, at most the cores: a single query gains nothing from a pool of threads
-    # (usearch starts its threads on every call), and idle ones slow the BM25 leg of a hybrid query
-    matches = index.search(queries, HNSW_OVERSAMPLE * k, threads=min(len(queries), os.cpu_count() or 1))
-    if hasattr(matches, "counts"):  # BatchMatches: padded (n, k) arrays
-        rows = np.asarray(matches.keys, dtype=np.int64).reshape(len(queries), -1)
-        counts = np.asarray(matches.counts).reshape(-1)
-    else:  # a single query gives Matches with only the valid keys
-        rows = np.asarray(matches.keys, dtype=np.int64).reshape(1, -1)
-        counts = np.array([rows.shape[1]])
-    valid = np.arange(rows.shape[1])[None, :] < counts[:, None]
-    rows = np.where(valid, rows, 0)
-    candidates = np.asarray(matrix[rows.ravel()]).reshape(*rows.shape, -1)
-    scores = np.einsum("qkd,qd->qk", candidates, queries)  # exact scores for the candidates
-    scores = np.where(valid, scores, -np.inf).astype(np.float32)
-    order = np.lexsort((rows, -scores), axis=1)
-    order = order[:, :k]  # the HNSW_OVERSAMPLE * k candidates, rescored, cut to k
-    counts = np.minimum(counts, k)
-    return np.take_along_axis(rows, order, axis=1), np.take_along_axis(scores, order, axis=1), counts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 from rgpl_adapt.chunked import StoreReader, encode_store, encode_store_all_ranks
 from rgpl_adapt.distributed import DistInfo
 from rgpl_adapt.records import Document
+from tests.plugin.conftest import os_client, osmem, osmem_url  # noqa: F401 (fixtures of the kill test)
 
 
 class HashEncoder:
@@ -119,3 +121,130 @@ def test_kill_9_mid_encoding_resumes_from_the_finished_chunks(tmp_path):
 def test_missing_store_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="build the index first"):
         StoreReader(tmp_path)
+
+
+# -- copying a source's documents into a store, resumably ----------------------------------------------
+
+
+class PitSource:
+    """A backend-like source whose read has a cursor (the last sort value) and can resume from one,
+    unless its point in time is ``gone``; ``fail_after`` documents raises (an interrupted copy)."""
+
+    def __init__(self, docs, *, fail_after=None, gone=False) -> None:
+        self.docs, self.fail_after, self.gone = docs, fail_after, gone
+        self.cursor, self.resumed, self.read, self.resume_given = None, False, 0, None
+
+    def iter_documents(self, batch_size=1000, resume=None):
+        self.resume_given = resume
+        self.resumed = bool(resume) and not self.gone
+        start = resume["after"][0] + 1 if self.resumed else 0
+        for n in range(start, len(self.docs)):
+            if self.fail_after is not None and self.read >= self.fail_after:
+                raise ConnectionError("the cluster went away")
+            self.cursor = {"pit_id": "p1", "after": [n]}
+            self.read += 1
+            yield self.docs[n]
+
+
+def _docs(n: int) -> list[Document]:
+    return [Document(id=f"d{i}", text=f"passage {i}", title="T" if i % 2 else "") for i in range(n)]
+
+
+def _stored(store: Path) -> list[Document]:
+    reader = StoreReader(store)
+    try:
+        return reader.documents(0, reader.count())
+    finally:
+        reader.close()
+
+
+def test_copy_continues_an_interrupted_read_from_its_cursor(tmp_path):
+    from rgpl_adapt.chunked import copy_documents
+    from rgpl_adapt.cluster import docs_fingerprint
+
+    docs = _docs(250)
+    with pytest.raises(ConnectionError):
+        copy_documents(PitSource(docs, fail_after=130), tmp_path / "store", key="idx:250", chunk_size=50)
+    assert not (tmp_path / "store" / "fingerprint.json").exists()
+    source = PitSource(docs)
+    res = copy_documents(source, tmp_path / "store", key="idx:250", chunk_size=50)
+    assert source.resume_given == {"pit_id": "p1", "after": [99]}  # the last document of the last finished chunk
+    assert (res.reused, res.resumed, res.skipped_written, source.read) == (100, True, 0, 150)
+    assert _stored(tmp_path / "store") == docs
+    whole = copy_documents(PitSource(docs), tmp_path / "whole", key="idx:250", chunk_size=50)
+    assert (res.count, res.sha) == (whole.count, whole.sha) == (250, docs_fingerprint(docs))
+    assert json.loads((tmp_path / "store" / "fingerprint.json").read_text()) == {"count": 250, "sha": whole.sha}
+
+
+def test_copy_reads_again_and_skips_written_documents_when_the_point_in_time_is_gone(tmp_path):
+    from rgpl_adapt.chunked import copy_documents
+
+    docs = _docs(250)
+    with pytest.raises(ConnectionError):
+        copy_documents(PitSource(docs, fail_after=120), tmp_path / "store", key="k", chunk_size=50)
+    source = PitSource(docs, gone=True)
+    res = copy_documents(source, tmp_path / "store", key="k", chunk_size=50)
+    assert source.resume_given is not None and not res.resumed
+    assert (res.reused, res.skipped_written, source.read, res.count) == (100, 100, 250, 250)
+    assert _stored(tmp_path / "store") == docs  # nothing written twice, store order kept
+    assert res.sha == copy_documents(iter(docs), tmp_path / "plain", key="k", chunk_size=50).sha
+
+
+def test_a_finished_copy_or_another_key_starts_over(tmp_path):
+    from rgpl_adapt.chunked import copy_documents
+
+    copy_documents(PitSource(_docs(120)), tmp_path / "store", key="idx:120", chunk_size=50)
+    again = PitSource(_docs(120))
+    res = copy_documents(again, tmp_path / "store", key="idx:120", chunk_size=50)
+    assert (res.reused, again.resume_given, again.read) == (0, None, 120)  # finished: the index is read again
+    with pytest.raises(ConnectionError):
+        copy_documents(PitSource(_docs(120), fail_after=60), tmp_path / "store", key="idx:120", chunk_size=50)
+    other = PitSource(_docs(90))
+    res = copy_documents(other, tmp_path / "store", key="idx:90", chunk_size=50)
+    assert (res.reused, other.resume_given, res.count) == (0, None, 90)
+    assert _stored(tmp_path / "store") == _docs(90)
+
+
+def test_kill_9_mid_copy_from_a_cluster_continues_in_the_point_in_time(tmp_path, os_client, osmem_url):
+    """A real PIT read (osmem-server, another process) killed with SIGKILL after some chunks: the rerun
+    continues the same point in time after the last finished chunk and ends with the uninterrupted copy."""
+    from rgpl_plugin.opensearch import OpenSearchBackend
+
+    from rgpl_adapt.chunked import copy_documents
+    from tests.plugin.conftest import load_corpus
+
+    docs = [Document(id=d.id, text=d.text, title=f"Title {d.id}") for d in _docs(600)]
+    load_corpus(os_client, "corpus", docs)
+    store = tmp_path / "store"
+    code = (
+        "import sys, time; from opensearchpy import OpenSearch; from rgpl_plugin.opensearch import OpenSearchBackend; "
+        "from rgpl_plugin.docstore import DocStoreWriter; from rgpl_adapt.chunked import copy_documents\n"
+        "append = DocStoreWriter.append_chunk\n"
+        "def slow(self, chunk, info=None):\n"
+        "    rows = append(self, chunk, info); print('chunk', flush=True); time.sleep(0.3); return rows\n"
+        "DocStoreWriter.append_chunk = slow\n"
+        f"copy_documents(OpenSearchBackend(OpenSearch(hosts=[{osmem_url!r}]), 'corpus'), {str(store)!r}, key='c:600', chunk_size=50)"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    for _ in range(3):
+        assert proc.stdout.readline() == "chunk\n", "the copy ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    backend = OpenSearchBackend(os_client, "corpus")
+    read = []
+
+    class Counting:
+        def iter_documents(self, **kw):
+            for d in backend.iter_documents(batch_size=40, **kw):
+                read.append(d.id)
+                yield d
+
+        cursor = property(lambda self: backend.cursor)
+        resumed = property(lambda self: backend.resumed)
+
+    res = copy_documents(Counting(), store, key="c:600", chunk_size=50)
+    assert res.resumed and backend.read_with == "pit"
+    assert 150 <= res.reused < 600 and len(read) == 600 - res.reused and res.skipped_written == 0
+    whole = copy_documents(OpenSearchBackend(os_client, "corpus"), tmp_path / "whole", key="c:600", chunk_size=50)
+    assert _stored(store) == _stored(tmp_path / "whole") and res.sha == whole.sha and res.count == 600

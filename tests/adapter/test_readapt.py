@@ -209,3 +209,44 @@ def test_gated_publisher_moves_the_alias_only_when_promoted():
     yes = replace(no, promoted=True, reason="better")
     out = GatedPublisher(Inner(), lambda d: yes).publish(Path("x"), {"hybrid_weight": 0.3})
     assert out["published"] is True and out["promotion"]["promoted"] and calls == [Path("x")]
+
+
+@pytest.mark.parametrize("max_docs", [20_000, 30])
+def test_promotion_numbers_equal_the_list_based_evaluation(scheduled, max_docs):
+    """The streamed promotion search (store chunks, memory map) gives the numbers of the old one, which
+    held the corpus and both encodings in memory (its code is the oracle in test_promotion)."""
+    from rgpl_adapt.corpus import read_corpus
+    from rgpl_adapt.pipeline import load_encoder
+    from rgpl_adapt.warmstart import read_queries
+    from tests.adapter.test_promotion import old_candidate_documents, old_encoder_mrr
+
+    readapter, _, root, clock, _, _ = scheduled
+    v1, v2 = root / "versions" / "v0001", root / "versions" / "v0002"
+    seed = readapter.cfg.training.seed
+    held, _ = fair_holdout(read_queries(v2), read_queries(v1), seed)
+    docs, _ = read_corpus(readapter.cfg.corpus)
+    cands = old_candidate_documents(docs, held, max_docs, seed)
+    old_new = old_encoder_mrr(load_encoder(v2 / "export", False), cands, held)
+    old_serving = old_encoder_mrr(load_encoder(v1 / "export", False), cands, held)
+    again = Readapter(readapter.cfg, root, settings=replace(readapter.settings, eval_max_docs=max_docs), clock=clock)
+    decision = again._evaluate(v2, v2 / "export", v1, 2, 1)
+    assert decision.new_mrr == pytest.approx(old_new, abs=1e-6)
+    assert decision.serving_mrr == pytest.approx(old_serving, abs=1e-6)
+    assert f"{len(cands)} documents searched" in decision.rule
+    if max_docs == 20_000:
+        recorded = json.loads((v2 / "promotion.json").read_text())
+        assert (recorded["new_mrr"], recorded["serving_mrr"]) == (decision.new_mrr, decision.serving_mrr)
+
+
+def test_drift_scan_streams_the_corpus_with_the_same_fingerprints(scheduled):
+    from rgpl_adapt.corpus import read_corpus
+    from rgpl_adapt.drift import fingerprints
+
+    readapter = scheduled[0]
+    docs, _ = read_corpus(readapter.cfg.corpus)
+    scan = readapter._scan(hashes=True)
+    assert (scan.count, scan.hashes) == (len(docs), fingerprints(docs))
+    assert readapter._scan(hashes=False) == type(scan)(len(docs), None)
+    import inspect
+
+    assert inspect.isgenerator(readapter._iter_documents())  # a stream, not a list of the corpus

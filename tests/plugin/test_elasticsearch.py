@@ -263,3 +263,29 @@ def test_one_pass_version_load_reads_with_pit_and_bulk_indexes_each_document_onc
     served = es.indices["corpus-rgpl-v1"]["d3"]
     assert served["text"] == documents[3].text
     np.testing.assert_allclose(served["rgpl_vector"], es.vectors[3], rtol=1e-6)
+
+
+def test_a_read_resumes_in_its_point_in_time_or_starts_over_when_it_is_gone(es, documents):
+    reader = _backend(es)
+    it = reader.iter_documents(batch_size=9)
+    first = [next(it) for _ in range(12)]
+    cursor = reader.cursor
+    assert cursor == {"pit_id": "pit:corpus", "after": [11]}  # the sort values of the 12th document
+    es.exchanges.clear()
+    resumed = _backend(es)
+    rest = list(resumed.iter_documents(batch_size=9, resume=cursor))
+    assert resumed.resumed and [d.id for d in first + rest] == sorted(d.id for d in documents)
+    assert not any(ex.path.endswith("/_pit") and ex.method == "POST" for ex in es.exchanges)  # no new PIT
+    page = next(ex for ex in es.exchanges if ex.path == "/_search")
+    assert page.body["search_after"] == [11] and page.body["pit"]["id"] == "pit:corpus"
+
+    def expired(method, path, params, body):
+        if path == "/_search" and body["pit"]["id"] == "pit-old:corpus":
+            return 404, {"error": {"type": "search_context_missing_exception", "reason": "No search context found"},
+                         "status": 404}
+        return None
+
+    es.overrides.append(expired)
+    again = _backend(es)
+    docs = list(again.iter_documents(batch_size=9, resume={"pit_id": "pit-old:corpus", "after": [11]}))
+    assert not again.resumed and [d.id for d in docs] == sorted(d.id for d in documents)  # from the start

@@ -402,3 +402,30 @@ def test_opensearch_serverless_is_refused_with_a_clear_message(documents):
                              if path == "/" else None)
     with pytest.raises(UnsupportedClusterError, match="Serverless"):
         OpenSearchBackend(fake_client(cluster), "corpus").version()
+
+
+def test_a_pit_read_resumes_after_its_cursor_or_starts_over_when_the_pit_is_gone(fake_cluster, documents):
+    reader = _backend(fake_cluster)
+    it = reader.iter_documents(batch_size=7)
+    first = [next(it) for _ in range(10)]
+    assert reader.cursor == {"pit_id": "pit:corpus", "after": [9]}
+    fake_cluster.exchanges.clear()
+    resumed = _backend(fake_cluster)
+    rest = list(resumed.iter_documents(batch_size=7, resume=reader.cursor))
+    assert resumed.resumed and [d.id for d in first + rest] == sorted(d.id for d in documents)
+    assert not any(ex.path.endswith("/_search/point_in_time") and ex.method == "POST" for ex in fake_cluster.exchanges)
+
+    def expired(method, path, params, body):
+        if path == "/_search" and body["pit"]["id"] == "pit-old:corpus":
+            return 404, {"error": {"type": "search_context_missing_exception", "reason": "No search context found"},
+                         "status": 404}
+        return None
+
+    fake_cluster.overrides.append(expired)
+    again = _backend(fake_cluster)
+    docs = list(again.iter_documents(batch_size=7, resume={"pit_id": "pit-old:corpus", "after": [9]}))
+    assert not again.resumed and again.read_with == "pit" and [d.id for d in docs] == sorted(d.id for d in documents)
+    scrolled = _backend(FakeCluster(docs=documents, version="2.19.1"))  # scroll: no cursor to resume from
+    got = [d.id for d in scrolled.iter_documents(resume={"pit_id": "x", "after": [3]})]
+    assert got == sorted(d.id for d in documents) and scrolled.read_with == "scroll"
+    assert scrolled.cursor is None and not scrolled.resumed
