@@ -287,6 +287,9 @@ def test_hnsw_agrees_with_exact(tmp_path, documents):
     mtime = graph.stat().st_mtime_ns
     with EmbeddedBackend.open(path, hnsw_threshold=1000) as b:  # reuses the saved graph
         assert b.knn_search("big", queries, 10) == approx
+        maps = Path("/proc/self/maps")
+        if maps.exists():  # Linux: the graph is searched memory-mapped, not read into the process
+            assert str(graph.resolve()) in maps.read_text()
     assert graph.stat().st_mtime_ns == mtime
     with EmbeddedBackend.open(path, hnsw_threshold=1000) as b:  # a write invalidates the graph
         b.put_vectors("big", ["v0"], -matrix[:1])
