@@ -3,7 +3,8 @@
 The 2.19 test node reads with scroll (``_shard_doc`` in a PIT sort arrived in 3.3), so the PIT path that
 every newer cluster takes is proven here, on a 3.5.0 node without plugins (Maven Central serves the 3.5 core
 but not a k-NN 3.5 that starts, see README.md here): every document once over several shards and pages, a
-query filter, a snapshot unaffected by writes during the read, slices, and no PIT left open afterwards.
+query filter, a snapshot unaffected by writes during the read, slices, no PIT left open afterwards, and
+the resumable copy (``chunked.copy_documents``) continuing a killed read in its PIT.
 """
 
 from __future__ import annotations
@@ -85,3 +86,66 @@ def test_slices_partition_the_read(client35, source_index):
         assert backend.read_with == "pit" and part
         seen.append(set(part))
     assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == N
+
+
+def test_a_read_resumes_in_its_point_in_time_and_starts_over_once_it_is_gone(client35, source_index):
+    first = OpenSearchBackend(client35, source_index, text_fields=["text"], title_field="title")
+    reader = first.iter_documents(batch_size=97)
+    head = [next(reader).id for _ in range(500)]
+    cursor = dict(first.cursor)  # what a copy records with each finished chunk
+    assert cursor["pit_id"] and cursor["after"] is not None
+    second = OpenSearchBackend(client35, source_index, text_fields=["text"], title_field="title")
+    tail = [d.id for d in second.iter_documents(batch_size=97, resume=cursor)]
+    assert second.resumed and second.read_with == "pit"
+    assert len(head) + len(tail) == N and set(head) | set(tail) == {f"d{i}" for i in range(N)}
+    reader.close()  # the first read's PIT is closed with it (a killed process leaves it to expire)
+    third = OpenSearchBackend(client35, source_index, text_fields=["text"], title_field="title")
+    again = [d.id for d in third.iter_documents(batch_size=500, resume=cursor)]
+    assert not third.resumed and len(again) == N  # the PIT is gone: the whole index, from the start
+    assert open_pits(client35) == 0
+
+
+def test_kill_9_mid_copy_continues_in_the_point_in_time(tmp_path, client35, source_index, node35):
+    """The copy of a cluster index into the run's store, killed with SIGKILL after 3 chunks, continues the
+    same PIT on the real node after its last finished chunk and ends equal to an uninterrupted copy."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from rgpl_adapt.chunked import StoreReader, copy_documents
+
+    store = tmp_path / "store"
+    code = (
+        "import time; from opensearchpy import OpenSearch; from rgpl_plugin.opensearch import OpenSearchBackend; "
+        "from rgpl_plugin.docstore import DocStoreWriter; from rgpl_adapt.chunked import copy_documents\n"
+        "append = DocStoreWriter.append_chunk\n"
+        "def slow(self, chunk, info=None):\n"
+        "    rows = append(self, chunk, info); print('chunk', flush=True); time.sleep(0.5); return rows\n"
+        "DocStoreWriter.append_chunk = slow\n"
+        f"b = OpenSearchBackend(OpenSearch(hosts=[{node35.url!r}]), {source_index!r}, text_fields=['text'], "
+        "title_field='title')\n"
+        f"copy_documents(b, {str(store)!r}, key='k', chunk_size=200)"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    for _ in range(3):
+        assert proc.stdout.readline() == "chunk\n", "the copy ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    backend = OpenSearchBackend(client35, source_index, text_fields=["text"], title_field="title")
+    res = copy_documents(backend, store, key="k", chunk_size=200)
+    assert res.resumed and backend.resumed and res.skipped_written == 0
+    assert 600 <= res.reused < N and res.count == N
+    whole = copy_documents(OpenSearchBackend(client35, source_index, text_fields=["text"], title_field="title"),
+                           tmp_path / "whole", key="k", chunk_size=200)
+
+    def stored(path):
+        reader = StoreReader(path)
+        try:
+            return sorted((d.id, d.title, d.text) for d in reader.documents(0, reader.count()))
+        finally:
+            reader.close()
+
+    assert stored(store) == stored(tmp_path / "whole") and whole.count == N
+    assert res.sha == whole.sha  # same documents in the same (shard, doc) order: the run fingerprint matches
