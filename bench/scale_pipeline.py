@@ -314,3 +314,43 @@ def kill_pipeline(kwargs: dict, stages, run_stage, save) -> None:
             res["count_ok"] = (r["queries"] > 0) if stage == "generate" else (r["pools"] == r["queries"])
             res["resumed"] = res["resumed"] and res["count_ok"]
         save(stage, res)
+
+
+def held_records_mb(n_queries: int = 250_000, k: int = 50, seed: int = 0) -> dict:
+    """Resident memory of what mining and training hold for GPL's whole budget, read as the pipeline reads it.
+
+    ``n_queries`` ``GeneratedQuery`` records (8-word queries) and as many ``NegativePool`` records of ``k``
+    ids (one retriever), each list read from JSONL with ``read_jsonl``; the growth of ``VmRSS`` per list.
+    Both sizes are set by the query budget and k, not by the corpus.
+    """
+    import random
+    import tempfile
+
+    from rgpl_adapt.records import GeneratedQuery, NegativePool, read_jsonl, write_jsonl
+
+    def rss_mb() -> float:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS"))
+        return int(line.split()[1]) / 1024
+
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        q, p = Path(tmp) / "q.jsonl", Path(tmp) / "p.jsonl"
+        write_jsonl(q, (GeneratedQuery(qid=f"d{rng.randrange(10**6)}-q{j % 3}",
+                                       text=" ".join(f"w{rng.randrange(30000)}" for _ in range(8)),
+                                       doc_id=f"d{rng.randrange(10**6)}") for j in range(n_queries)))
+        write_jsonl(p, (NegativePool(qid=f"q{j}", negatives={"retriever": [f"d{rng.randrange(10**6)}"
+                                                                          for _ in range(k)]})
+                        for j in range(n_queries)))
+        r0 = rss_mb()
+        queries = list(read_jsonl(q, GeneratedQuery))
+        r1 = rss_mb()
+        pools = list(read_jsonl(p, NegativePool))
+        r2 = rss_mb()
+    assert len(queries) == len(pools) == n_queries
+    return {"queries": n_queries, "k": k, "queries_mb": round(r1 - r0), "pools_mb": round(r2 - r1),
+            "bytes_per_query": round((r1 - r0) * 2**20 / n_queries),
+            "bytes_per_pool": round((r2 - r1) * 2**20 / n_queries)}
+
+
+if __name__ == "__main__":  # python bench/scale_pipeline.py: what GPL's full budget holds in memory
+    print(json.dumps(held_records_mb()))
