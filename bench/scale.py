@@ -299,6 +299,8 @@ def kill_run(run: Path, model: Path | str, stages, chunk: int, save) -> None:
     corpus = run / "corpus.jsonl"
     index, vectors = run / "index-kill", run / "vectors-kill"
     building = run / ".index-kill.building"
+    if not set(stages) & {"store", "encode", "serve"}:
+        return  # the pipeline stages: kill_pipeline (they read the store; the corpus file may be gone)
     n_docs = sum(1 for _ in open(corpus, "rb"))
     if "store" in stages:
         shutil.rmtree(index, ignore_errors=True)
