@@ -17,14 +17,21 @@ its peak RSS (``VmHWM``, which a fresh exec resets) is its own:
   own cost): ``compare.corpus_vectors`` (the store encoded in resumable chunks into a memory map) and exact
   search of 1,000 queries (k = 101), then ``promotion.encoder_mrr`` over every document (its worst case).
 
+* ``generate``, ``mine``, ``train``: the adaptation stages, run by the pipeline's own stage code in a run
+  folder on this store (``scale_pipeline``: GPL's sample through a tiny T5, mining against the whole store,
+  a few training steps reading their triples' texts by id).
+
 ``--kill`` (instead of the measurements) runs each stage from scratch, ``kill -9``s it as soon as its first chunk is recorded
-(serve: once its vectors are adopted, during the index build), reruns it and checks that no finished
-chunk was redone and that the counts match.
+(serve: once its vectors are adopted, during the index build; generate: its first part; mine: its first
+encoded chunk; train: its first checkpoint), reruns it and checks that no finished chunk was redone and
+that the counts match.
 
 Usage::
 
     nice -n 10 python bench/scale.py --docs 100000 1000000 --out bench/out/scale
     nice -n 10 python bench/scale.py --docs 1000000 --kill --stages store encode serve   # on its own copies
+    nice -n 10 python bench/scale.py --docs 100000 1000000 --stages generate mine train --encoder bytes
+    nice -n 10 python bench/scale.py --docs 1000000 --kill --stages generate mine train --encoder bytes
 """
 
 from __future__ import annotations
@@ -44,9 +51,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, format_table, machine_info, write_json  # noqa: E402
+from scale_pipeline import (  # noqa: E402
+    FOLDER,
+    PIPE_STAGES,
+    STAGE_FUNCTIONS,
+    build_generator,
+    build_teacher,
+    kill_pipeline,
+)
 
 VOCAB = 30000
-STAGES = ("store", "sample", "encode", "serve", "eval")
+STAGES = ("store", "sample", "encode", "serve", "eval", *PIPE_STAGES)
 
 
 def vocabulary(seed: int = 0) -> list[str]:
@@ -267,7 +282,7 @@ def stage_eval(index: str, out: str) -> dict:
 
 def _stage_child(name: str, kwargs: dict) -> None:
     fn = {"store": stage_store, "sample": stage_sample, "encode": stage_encode, "serve": stage_serve,
-          "eval": stage_eval}[name]
+          "eval": stage_eval, **STAGE_FUNCTIONS}[name]
     out = fn(**kwargs)
     out.update(_peak_mb())
     print("RESULT " + json.dumps(out), flush=True)
@@ -322,6 +337,8 @@ def kill_run(run: Path, model: Path | str, stages, chunk: int, save) -> None:
     corpus = run / "corpus.jsonl"
     index, vectors = run / "index-kill", run / "vectors-kill"
     building = run / ".index-kill.building"
+    if not set(stages) & {"store", "encode", "serve"}:
+        return  # the pipeline stages: kill_pipeline (they read the store; the corpus file may be gone)
     n_docs = sum(1 for _ in open(corpus, "rb"))
     if "store" in stages:
         shutil.rmtree(index, ignore_errors=True)
@@ -390,6 +407,10 @@ def main() -> None:
     ap.add_argument("--kill", action="store_true", help="instead: kill -9 each stage after its first chunk, rerun it")
     ap.add_argument("--encoder", choices=["model", "bytes"], default="model",
                     help="the encode stage's encoder: the tiny BERT, or no model at all (bytes: the pipeline's own cost)")
+    ap.add_argument("--train-steps", type=int, default=100,
+                    help="the train stage's steps (a checkpoint every quarter)")
+    ap.add_argument("--max-queries", type=int, default=250_000,
+                    help="generation's query budget (GPL's 250k; lower only for smoke runs on small corpora)")
     ap.add_argument("--results", default="scale.json", help="JSON file under --out (kill runs: use another)")
     ap.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage in this process
     ap.add_argument("--kwargs", help=argparse.SUPPRESS)
@@ -400,13 +421,19 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = build_model(out / "tiny-model-words")
+    models = {"student": str(model), "generator": str(build_generator(out / "tiny-t5-words", vocabulary())),
+              "teacher": str(build_teacher(out / "tiny-ce-words", vocabulary()))}
     results_path = out / args.results
     results = json.loads(results_path.read_text()) if results_path.exists() else {"runs": []}
     results["machine"] = machine_info()
     for n in args.docs:
         run = out / f"n{n}"
         run.mkdir(exist_ok=True)
-        corpus = write_corpus(run / "corpus.jsonl", n)
+        stored = (run / "corpus.ok").exists() and (run / "index" / "backend.json").exists()
+        if "store" in args.stages or not stored:
+            corpus = write_corpus(run / "corpus.jsonl", n)
+        else:  # the other stages read the store: its corpus file may have been removed to save disk
+            corpus = json.loads((run / "corpus.ok").read_text())
         idx, vec = str(run / "index"), str(run / "vectors")
         encoder = str(model) if args.encoder == "model" else "bytes"
         todo = {"store": {"corpus": str(run / "corpus.jsonl"), "index": idx, "chunk": args.chunk},
@@ -414,6 +441,11 @@ def main() -> None:
                 "encode": {"model": encoder, "index": idx, "vectors": vec, "chunk": args.chunk},
                 "serve": {"index": idx, "vectors": vec},
                 "eval": {"index": idx, "out": str(run / "eval")}}
+        pipe = {"corpus": str(run / "corpus.jsonl"), "index": idx, "models": models, "chunk": args.chunk,
+                "steps": args.train_steps, "max_queries": args.max_queries}
+        todo.update({s: {**pipe, "run": str(run / "pipe"), "log": str(run / f"pipe-{s}.log")}
+                     for s in PIPE_STAGES})
+        todo["mine"]["encoder"] = args.encoder
         for stage in STAGES:
             if stage not in args.stages or args.kill:
                 continue
@@ -421,9 +453,16 @@ def main() -> None:
                 import shutil
 
                 shutil.rmtree(vec, ignore_errors=True)  # measure a whole encode, not a resumed one
+            if stage in PIPE_STAGES:  # a whole stage, not a resumed or skipped one (upstream stages are kept)
+                import shutil
+
+                shutil.rmtree(run / "pipe" / FOLDER[stage], ignore_errors=True)
+                Path(todo[stage]["log"]).unlink(missing_ok=True)
             res = run_stage(stage, todo[stage])
             res.update(corpus_mb=round(corpus["bytes"] / 2**20, 1), loadavg=[round(x, 1) for x in os.getloadavg()],
                        encoder="tiny-bert" if args.encoder == "model" and stage != "eval" else "bytes (no model)")
+            if stage in ("generate", "train"):
+                res["encoder"] = {"generate": "tiny-t5", "train": "tiny-bert + tiny-ce"}[stage]
             results["runs"] = [r for r in results["runs"]
                                if (r["stage"], r["docs"], r.get("encoder")) != (stage, n, res["encoder"])] + [res]
             print(json.dumps(res), flush=True)
@@ -435,10 +474,15 @@ def main() -> None:
                 write_json(results_path, results)
 
             kill_run(run, encoder, args.stages, args.chunk, save)
+            if set(args.stages) & set(PIPE_STAGES):
+                if not (run / "index" / "backend.json").exists():
+                    run_stage("store", todo["store"])
+                kill_pipeline({**todo["mine"], "run": str(run / "pipe-kill")}, args.stages, run_stage, save)
     rows = sorted(results["runs"], key=lambda r: (STAGES.index(r["stage"]), r.get("encoder", ""), r["docs"]))
     results["projection"] = project(rows)
     write_json(results_path, results)
-    cols = ["stage", "encoder", "docs", "corpus_mb", "seconds", "docs_per_s", "peak_rss_mb", "vectors_mb"]
+    cols = ["stage", "encoder", "docs", "corpus_mb", "seconds", "docs_per_s", "queries_per_s", "peak_rss_mb",
+            "vectors_mb"]
     print(format_table(rows, cols))
     print(format_table(results["projection"], ["stage", "encoder", "docs", "seconds", "peak_rss_mb", "formula"]))
 

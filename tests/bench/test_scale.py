@@ -1,4 +1,4 @@
-"""Smoke test of bench/scale.py: the synthetic corpus and the streaming store stage."""
+"""Smoke tests of bench/scale.py: synthetic corpus, streaming stages, pipeline stages, kill verdict."""
 
 from __future__ import annotations
 
@@ -41,3 +41,71 @@ def test_projection_is_a_line_through_the_two_largest_sizes():
     rows = [{"stage": "store", "docs": n, "seconds": n / 1000, "peak_rss_mb": 100 + n / 1e6} for n in (1000, 2000)]
     (line,) = scale.project(rows, target=10_000)
     assert line["seconds"] == 10 and line["peak_rss_mb"] == 100  # 100.01 rounded
+
+
+def test_pipeline_stages_generate_mine_and_train_on_the_store(tmp_path):
+    scale, sp = load_bench("scale"), load_bench("scale_pipeline")
+    scale.write_corpus(tmp_path / "c.jsonl", 200)
+    scale.stage_store(str(tmp_path / "c.jsonl"), str(tmp_path / "index"), 100)
+    words = scale.vocabulary()
+    models = {"student": str(scale.build_model(tmp_path / "student")),
+              "generator": str(scale.build_generator(tmp_path / "t5", words)),
+              "teacher": str(scale.build_teacher(tmp_path / "ce", words))}
+    kw = {"corpus": str(tmp_path / "c.jsonl"), "index": str(tmp_path / "index"),
+          "run": str(tmp_path / "pipe"), "models": models, "chunk": 64, "steps": 4, "max_queries": 60}
+    gen = sp.stage_generate(**kw, log=str(tmp_path / "gen.log"))
+    # GPL's rule: 3 per passage, 60 // 3 = 20 sampled passages, one part (parts of max(32, min(256, chunk)))
+    assert (gen["passages"], gen["queries_per_passage"], gen["chunks"], gen["chunks_done"]) == (20, 3, 1, 1)
+    assert 0 < gen["queries"] <= 60
+    mine = sp.stage_mine(**kw, log=str(tmp_path / "mine.log"), encoder="bytes")
+    assert mine["pools"] == mine["queries"] == gen["queries"] and mine["empty_pools"] == 0
+    assert mine["negatives"] == 50 * mine["pools"]
+    assert (mine["chunks"], mine["chunks_done"]) == (4, 4)  # 200 documents in chunks of 64
+    train = sp.stage_train(**kw, log=str(tmp_path / "train.log"))
+    assert (train["steps"], train["resumed_at_step"], train["round_events"]) == (4, 0, 1)
+    assert train["triples"] == 4 * 32  # steps x batch size, labelled once
+    assert not (tmp_path / "index" / "vectors" / "miner").exists()  # mining's scratch space was dropped
+
+
+def _fake_stages(tmp_path, rerun_parts, rerun_resumed_at, round_events):
+    """A run_stage stand-in: the killed process (pid 111) logs part 0 and checkpoints step 25; the rerun
+    (pid 222) logs ``rerun_parts`` and resumes training at ``rerun_resumed_at``."""
+
+    def run_stage(stage, kw, kill_when=None):
+        with open(kw["log"], "a") as fh:
+            if stage == "generate":
+                pid = 111 if kill_when else 222
+                for part in [0] if kill_when else rerun_parts:
+                    fh.write(f"{pid} rgpl_adapt.pipeline generated queries part {part} (256 passages)\n")
+            if stage == "train" and not kill_when:
+                fh.write(f"222 rgpl_adapt.training resuming training at step {rerun_resumed_at} from x\n")
+        if kill_when:
+            return {"killed": True, "done_at_kill": {"generate": 1, "train": 25}[stage]}
+        if stage == "generate":
+            done = len(rerun_parts)
+            return {"pid": 222, "chunks": 4, "chunks_done": done, "chunks_skipped": 4 - done, "queries": 30}
+        return {"pid": 222, "steps": 100, "resumed_at_step": rerun_resumed_at, "round_events": round_events}
+
+    return run_stage
+
+
+def _kill_and_rerun(tmp_path, parts, resumed_at, rounds) -> dict:
+    scale = load_bench("scale")
+    for log in tmp_path.glob("*.log"):
+        log.unlink()
+    got: dict = {}
+    kw = {"run": str(tmp_path / "pipe-kill"), "steps": 100, "encoder": "bytes"}
+    fake = _fake_stages(tmp_path, parts, resumed_at, rounds)
+    scale.kill_pipeline(kw, ["generate", "train"], fake, got.__setitem__)
+    return got
+
+
+def test_kill_verdict_needs_nothing_redone_and_the_counts_to_match(tmp_path):
+    good = _kill_and_rerun(tmp_path, [1, 2, 3], 25, 1)
+    assert good["generate"]["resumed"] and good["generate"]["redone"] == [] and good["train"]["resumed"]
+    redone = _kill_and_rerun(tmp_path, [0, 1, 2, 3], 25, 1)["generate"]
+    assert not redone["resumed"] and redone["redone"] == [0]
+    missing = _kill_and_rerun(tmp_path, [1, 2], 25, 1)["generate"]  # a part neither process finished
+    assert not missing["resumed"]
+    assert not _kill_and_rerun(tmp_path, [1, 2, 3], 0, 1)["train"]["resumed"]  # started over, not at step 25
+    assert not _kill_and_rerun(tmp_path, [1, 2, 3], 25, 2)["train"]["resumed"]  # the round was labelled again
