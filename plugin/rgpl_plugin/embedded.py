@@ -4,7 +4,8 @@ No server needed: ``rgpl-adapt`` can adapt and serve a retriever over a folder s
 ``runs/x/index/``::
 
     backend.json     format version, document count, duplicate ids skipped, vector spaces
-    tantivy/         BM25 index: id (stored, raw), title + text (English stemming), ord (fast u64)
+    tantivy/         BM25 index: title + text (English stemming), ord (fast u64); ids are resolved by ord
+                     (an index built before this version also holds an unused stored ``id`` field)
     docs.sqlite      documents by insertion order (``ord``) and id: fast, stable-ordered reads
     ids.offsets.npy  the ids by ord, memory-mapped (:mod:`rgpl_plugin.idtable`): search hits become
     ids.blob         ids without a SQLite lookup or an id list in memory
@@ -78,7 +79,6 @@ def english_analyzer() -> Any:
 def _schema() -> Any:
     tv = _tantivy()
     sb = tv.SchemaBuilder()
-    sb.add_text_field("id", stored=True, tokenizer_name="raw")
     for field in _SEARCH_FIELDS:
         sb.add_text_field(field, stored=False, tokenizer_name=TOKENIZER_NAME, index_option="freq")
     sb.add_unsigned_field("ord", stored=False, indexed=False, fast=True)
@@ -425,9 +425,8 @@ def _build(
     writer = index.writer(_WRITER_HEAP, 0)
 
     def add(rows: Sequence[tuple[int, str, str, str]]) -> None:
-        for ord_, doc_id, title, text in rows:
+        for ord_, _id, title, text in rows:
             td = tv.Document()
-            td.add_text("id", doc_id)
             td.add_text("title", title)
             td.add_text("text", text)
             td.add_unsigned("ord", ord_)
