@@ -472,7 +472,9 @@ class Pipeline:
                 vecs = docs_encoder.encode([d.full_text() for d in chunk], batch_size=64, progress=self.progress)
                 self.backend.put_vectors(DENSE_SPACE, [d.id for d in chunk], vecs)
                 n += len(chunk)
-            encoder = load_encoder(export_dir, self.cfg.export.onnx)
+            # the serving encoder for the held-out queries: the corpus one unless that was torch bf16 (no second load)
+            encoder = (docs_encoder if docs_path != "torch bf16 autocast"
+                       else load_encoder(export_dir, self.cfg.export.onnx))
             _, held = self._split(queries)
             weights = choose_hybrid_weight(self.backend, encoder, held)
             out = {"vectors": n, "space": DENSE_SPACE, **weights, "onnx": isinstance(encoder, OnnxEncoder),

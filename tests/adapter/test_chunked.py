@@ -211,26 +211,13 @@ def test_kill_9_mid_copy_from_a_cluster_continues_in_the_point_in_time(tmp_path,
     from rgpl_plugin.opensearch import OpenSearchBackend
 
     from rgpl_adapt.chunked import copy_documents
+    from tests.kill_copy import kill_copy_after_chunks
     from tests.plugin.conftest import load_corpus
 
     docs = [Document(id=d.id, text=d.text, title=f"Title {d.id}") for d in _docs(600)]
     load_corpus(os_client, "corpus", docs)
     store = tmp_path / "store"
-    code = (
-        "import sys, time; from opensearchpy import OpenSearch; from rgpl_plugin.opensearch import OpenSearchBackend; "
-        "from rgpl_plugin.docstore import DocStoreWriter; from rgpl_adapt.chunked import copy_documents\n"
-        "append = DocStoreWriter.append_chunk\n"
-        "def slow(self, chunk, info=None):\n"
-        "    rows = append(self, chunk, info); print('chunk', flush=True); time.sleep(0.3); return rows\n"
-        "DocStoreWriter.append_chunk = slow\n"
-        f"copy_documents(OpenSearchBackend(OpenSearch(hosts=[{osmem_url!r}]), 'corpus'), {str(store)!r}, key='c:600', chunk_size=50)"
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
-    for _ in range(3):
-        assert proc.stdout.readline() == "chunk\n", "the copy ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_copy_after_chunks(osmem_url, "corpus", store, key="c:600", chunk_size=50)
     backend = OpenSearchBackend(os_client, "corpus")
     read = []
 

@@ -108,31 +108,13 @@ def test_a_read_resumes_in_its_point_in_time_and_starts_over_once_it_is_gone(cli
 def test_kill_9_mid_copy_continues_in_the_point_in_time(tmp_path, client35, source_index, node35):
     """The copy of a cluster index into the run's store, killed with SIGKILL after 3 chunks, continues the
     same PIT on the real node after its last finished chunk and ends equal to an uninterrupted copy."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
     from rgpl_adapt.chunked import StoreReader, copy_documents
 
+    from tests.kill_copy import kill_copy_after_chunks
+
     store = tmp_path / "store"
-    code = (
-        "import time; from opensearchpy import OpenSearch; from rgpl_plugin.opensearch import OpenSearchBackend; "
-        "from rgpl_plugin.docstore import DocStoreWriter; from rgpl_adapt.chunked import copy_documents\n"
-        "append = DocStoreWriter.append_chunk\n"
-        "def slow(self, chunk, info=None):\n"
-        "    rows = append(self, chunk, info); print('chunk', flush=True); time.sleep(0.5); return rows\n"
-        "DocStoreWriter.append_chunk = slow\n"
-        f"b = OpenSearchBackend(OpenSearch(hosts=[{node35.url!r}]), {source_index!r}, text_fields=['text'], "
-        "title_field='title')\n"
-        f"copy_documents(b, {str(store)!r}, key='k', chunk_size=200)"
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
-    for _ in range(3):
-        assert proc.stdout.readline() == "chunk\n", "the copy ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_copy_after_chunks(node35.url, source_index, store, key="k", chunk_size=200, pause_s=0.5,
+                           backend_args="text_fields=['text'], title_field='title'")
     backend = OpenSearchBackend(client35, source_index, text_fields=["text"], title_field="title")
     res = copy_documents(backend, store, key="k", chunk_size=200)
     assert res.resumed and backend.resumed and res.skipped_written == 0
