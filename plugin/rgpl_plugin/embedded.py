@@ -5,7 +5,8 @@ No server needed: ``rgpl-adapt`` can adapt and serve a retriever over a folder s
 
     backend.json     format version, document count, duplicate ids skipped, vector spaces
     tantivy/         BM25 index: title + text (English stemming), ord (fast u64); ids are resolved by ord
-                     (an index built before this version also holds an unused stored ``id`` field)
+                     (an index built before this version also holds an unused stored ``id`` field);
+                     written in shards and assembled into one index (:mod:`rgpl_plugin.bm25_index`)
     docs.sqlite      documents by insertion order (``ord``) and id: fast, stable-ordered reads
     ids.offsets.npy  the ids by ord, memory-mapped (:mod:`rgpl_plugin.idtable`): search hits become
     ids.blob         ids without a SQLite lookup or an id list in memory
@@ -23,7 +24,6 @@ string (``?``, ``:``, quotes, ``AND``, parentheses, ``-``) is searched as plain 
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -38,6 +38,9 @@ import numpy as np
 from rgpl_adapt.progress import ProgressFactory, silent
 
 from rgpl_plugin.base import BackendError, Document, FusionMethod, Hit, batched
+from rgpl_plugin.bm25_index import SEARCH_FIELDS as _SEARCH_FIELDS
+from rgpl_plugin.bm25_index import SHARD_DOCS, TOKENIZER_NAME, ShardedBm25Writer, english_analyzer
+from rgpl_plugin.bm25_index import tantivy as _tantivy
 from rgpl_plugin.docstore import DocStore, DocStoreWriter
 from rgpl_plugin.fusion import fuse
 from rgpl_plugin.idtable import IdTable, write_id_table
@@ -49,40 +52,9 @@ logger = logging.getLogger(__name__)
 FORMAT = "rgpl-embedded"
 FORMAT_VERSION = 1
 META_FILE = "backend.json"
-TOKENIZER_NAME = "rgpl_en_stem"
-_SEARCH_FIELDS = ("title", "text")
-_WRITER_HEAP = 128_000_000
 _SQL_CHUNK = 500
 _ID_CHUNK = 100_000  # ids per read when writing the id table
 BUILD_CHUNK = 50_000  # documents per committed (resumable) build chunk
-
-
-@functools.cache
-def _tantivy() -> Any:
-    from rgpl_adapt.devices import require
-
-    return require("tantivy")
-
-
-def english_analyzer() -> Any:
-    """tantivy's ``en_stem`` pipeline, built explicitly so index and queries share one analyser."""
-    tv = _tantivy()
-    return (
-        tv.TextAnalyzerBuilder(tv.Tokenizer.simple())
-        .filter(tv.Filter.remove_long(40))
-        .filter(tv.Filter.lowercase())
-        .filter(tv.Filter.stemmer("english"))
-        .build()
-    )
-
-
-def _schema() -> Any:
-    tv = _tantivy()
-    sb = tv.SchemaBuilder()
-    for field in _SEARCH_FIELDS:
-        sb.add_text_field(field, stored=False, tokenizer_name=TOKENIZER_NAME, index_option="freq")
-    sb.add_unsigned_field("ord", stored=False, indexed=False, fast=True)
-    return sb.build()
 
 
 def is_index(path: str | os.PathLike) -> bool:
@@ -142,6 +114,7 @@ class EmbeddedBackend:
         hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD,
         resume_key: str | None = None,
         chunk_size: int = BUILD_CHUNK,
+        bm25_shard_docs: int = SHARD_DOCS,
     ) -> EmbeddedBackend:
         """Index ``documents`` into a new folder ``path`` and return the opened backend.
 
@@ -155,6 +128,10 @@ class EmbeddedBackend:
         folder is ``.<name>.building``, each chunk is committed to SQLite and tantivy, and a build
         killed at any point continues after its last finished chunk when called again with the same
         key and the same input (a different key starts over).
+
+        The BM25 index is written in shards of ``bm25_shard_docs`` documents and assembled into one
+        index at the end, so the build's memory does not grow with the corpus
+        (:mod:`rgpl_plugin.bm25_index`); search results do not depend on the shard size.
         """
         path = Path(path)
         if path.exists():
@@ -178,7 +155,9 @@ class EmbeddedBackend:
             tmp = path.parent / f".{path.name}.building"
         tmp.mkdir(exist_ok=True)
         try:
-            count, duplicates, build = _build(tmp, documents, progress, key=resume_key or "", chunk_size=chunk_size)
+            count, duplicates, build = _build(
+                tmp, documents, progress, key=resume_key or "", chunk_size=chunk_size, shard_docs=bm25_shard_docs
+            )
             _write_id_table(tmp, count)
             _write_meta(
                 tmp,
@@ -396,58 +375,44 @@ class EmbeddedBackend:
 
 
 def _build(
-    folder: Path, documents: Iterable[Document], progress: ProgressFactory, *, key: str, chunk_size: int
+    folder: Path,
+    documents: Iterable[Document],
+    progress: ProgressFactory,
+    *,
+    key: str,
+    chunk_size: int,
+    shard_docs: int = SHARD_DOCS,
 ) -> tuple[int, int, dict[str, int]]:
     """Write (or continue) tantivy/ and docs.sqlite in ``folder``, a chunk at a time.
 
     SQLite is the record of progress (:class:`rgpl_plugin.docstore.DocStoreWriter`): a chunk is
-    committed there first, then added to tantivy and committed. Tantivy commits are atomic, so
-    after a kill it holds the first ``m`` ords for some ``m`` <= the SQLite count; the missing ords
+    committed there first, then added to the BM25 shards and committed
+    (:class:`rgpl_plugin.bm25_index.ShardedBm25Writer`). Tantivy commits are atomic, so after a
+    kill the shards hold the first ``m`` ords for some ``m`` <= the SQLite count; the missing ords
     are re-added from SQLite before new input is read. Returns (documents, duplicates, build info).
     """
-    tv = _tantivy()
-    tantivy_dir = folder / "tantivy"
     if not key:
         (folder / "docs.sqlite").unlink(missing_ok=True)
     store = DocStoreWriter(folder / "docs.sqlite", key=key)  # another key (input) empties it
     resumed = store.resumed
-    if resumed.chunks and (tantivy_dir / "meta.json").exists():
-        index = tv.Index.open(str(tantivy_dir))
-    else:  # nothing to continue: a fresh BM25 index
-        shutil.rmtree(tantivy_dir, ignore_errors=True)
-        tantivy_dir.mkdir()
-        index = tv.Index(_schema(), path=str(tantivy_dir))
-    index.register_tokenizer(TOKENIZER_NAME, english_analyzer())
-    index.reload()
-    in_tantivy = index.searcher().num_docs
-    if in_tantivy > resumed.docs:  # cannot happen with the commit order above; never serve a mixed index
-        raise BackendError(f"{folder}: tantivy holds {in_tantivy} documents, SQLite {resumed.docs}; delete {folder}")
-    writer = index.writer(_WRITER_HEAP, 0)
-
-    def add(rows: Sequence[tuple[int, str, str, str]]) -> None:
-        for ord_, _id, title, text in rows:
-            td = tv.Document()
-            td.add_text("title", title)
-            td.add_text("text", text)
-            td.add_unsigned("ord", ord_)
-            writer.add_document(td)
-        writer.commit()
-
-    for start in range(in_tantivy, resumed.docs, chunk_size):  # catch up after a kill between the two commits
-        add(store.rows(start, min(resumed.docs, start + chunk_size)))
+    bm25 = ShardedBm25Writer(folder, shard_docs=shard_docs, fresh=not resumed.chunks)
+    if bm25.docs > resumed.docs:  # cannot happen with the commit order above; never serve a mixed index
+        raise BackendError(f"{folder}: tantivy holds {bm25.docs} documents, SQLite {resumed.docs}; delete {folder}")
+    for start in range(bm25.docs, resumed.docs, chunk_size):  # catch up after a kill between the two commits
+        bm25.add(store.rows(start, min(resumed.docs, start + chunk_size)))
     total = len(documents) if hasattr(documents, "__len__") else None  # type: ignore[arg-type]
     built = 0
     with progress(total=total, desc="indexing documents", unit="doc") as bar:
         bar.update(resumed.consumed)
         for n_read, rows in store.append(documents, chunk_size):
-            add(rows)
+            bm25.add(rows)
             logger.info("indexed chunk %d (%d documents) into %s", resumed.chunks + built, len(rows), folder)
             built += 1
             bar.update(n_read)
-    writer.wait_merging_threads()
+    shards = bm25.finish()
     point = store.finish()
     return point.docs, point.duplicates, {"chunks": point.chunks, "chunks_resumed": resumed.chunks,
-                                          "chunks_built": built, "chunk_size": chunk_size}
+                                          "chunks_built": built, "chunk_size": chunk_size, **shards}
 
 
 def _write_id_table(folder: Path, count: int) -> None:
