@@ -1,4 +1,4 @@
-"""Adapting an existing OpenSearch / Elasticsearch index; serving the result is :mod:`rgpl_adapt.cluster_serve`.
+"""Adapting an existing OpenSearch / Elasticsearch index (serving it: :mod:`rgpl_adapt.cluster_serve`).
 
 ``rgpl-adapt --index docs`` goes through :func:`adapt_index`:
 

@@ -10,7 +10,8 @@ it also uploads the ONNX model to ML Commons and sets a ``text_embedding`` inges
 to send instead (:func:`es_retriever_template`).
 
 After the run, :func:`read_cluster_report` reads what was published from the run's report.json and
-:func:`search_index` queries the served index (or alias) with the run's fields (``rgpl-adapt search --index``).
+:func:`search_index` queries the served index (or alias) with the run's fields
+(``rgpl-adapt search --index``).
 
 The adaptation itself (:class:`~rgpl_adapt.cluster.ClusterBackend`, :func:`~rgpl_adapt.cluster.adapt_index`)
 is in :mod:`rgpl_adapt.cluster`, which re-exports these names.

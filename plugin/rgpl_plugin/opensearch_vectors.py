@@ -1,11 +1,12 @@
 """Vector spaces of the OpenSearch backend: shadow k-NN indices, k-NN and hybrid search on them.
 
-A vector space ``space`` is the shadow index ``<index>-rgpl-shadow-<space>`` (``knn_vector``, ``innerproduct``,
-HNSW on ``lucene`` or ``faiss``: :func:`choose_engine`), which also carries a copy of the text fields so the
-``hybrid`` query can run on it. The first :meth:`~ShadowVectors.put_vectors` creates it in loading mode,
-vectors go in with ``streaming_bulk`` (429s retried with backoff) and :meth:`~ShadowVectors.finish_vectors`
-restores its settings before the first search. Hybrid search fuses BM25 and k-NN in a search pipeline
-(:func:`put_hybrid_pipeline`: min-max + weighted mean, or RRF), created once per method and weight.
+A vector space ``space`` is the shadow index ``<index>-rgpl-shadow-<space>`` (``knn_vector``,
+``innerproduct``, HNSW on ``lucene`` or ``faiss``: :func:`choose_engine`), which also carries a copy of the
+text fields so the ``hybrid`` query can run on it. The first :meth:`~ShadowVectors.put_vectors` creates it
+in loading mode, vectors go in with ``streaming_bulk`` (429s retried with backoff) and
+:meth:`~ShadowVectors.finish_vectors` restores its settings before the first search. Hybrid search fuses
+BM25 and k-NN in a search pipeline (:func:`put_hybrid_pipeline`: min-max + weighted mean, or RRF), created
+once per method and weight.
 
 :class:`ShadowVectors` is mixed into :class:`rgpl_plugin.opensearch.OpenSearchBackend`; the Elasticsearch
 backend overrides how a shadow index is created, written and searched.
