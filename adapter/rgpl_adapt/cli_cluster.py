@@ -220,7 +220,7 @@ def search_index_command(run_dir: str | None, index: str, k: int, mode: str, wei
     from rgpl_plugin.errors import translate
 
     from rgpl_adapt.cli import _print_hits
-    from rgpl_adapt.cluster import read_cluster_report, search_index
+    from rgpl_adapt.cluster_serve import read_cluster_report, search_index
     from rgpl_adapt.pipeline import load_encoder
 
     run = Path(run_dir or Path("runs") / index)

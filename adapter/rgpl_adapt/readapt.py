@@ -3,8 +3,8 @@ of ``rgpl-adapt schedule``.
 
 :meth:`Readapter.run_once`:
 
-1. measure drift against the last finished adaptation (:mod:`rgpl_adapt.drift`); stop when it
-   is below the threshold (unless forced);
+1. measure drift against the last finished adaptation (:mod:`rgpl_adapt.readapt_drift`, the
+   arithmetic in :mod:`rgpl_adapt.drift`); stop when it is below the threshold (unless forced);
 2. take the target's lock (:mod:`rgpl_adapt.state`; a second concurrent run is refused, a
    crashed holder's lease expires); the lease is renewed at every stage event;
 3. run the pipeline as a new version: warm-started from the serving model with fewer steps
@@ -28,25 +28,18 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 
 from rgpl_adapt.config import AdaptConfig
-from rgpl_adapt.drift import (
-    DEFAULT_THRESHOLD,
-    DriftReport,
-    compare_fingerprints,
-    count_drift,
-    fingerprints,
-    since_drift,
-    snapshot_digest,
-)
+from rgpl_adapt.drift import DEFAULT_THRESHOLD, DriftReport, snapshot_digest
 from rgpl_adapt.progress import ProgressFactory, silent
 from rgpl_adapt.promotion import GatedPublisher, candidate_ords, encoder_mrr, fair_holdout, model_key
-from rgpl_adapt.records import Document, GeneratedQuery
+from rgpl_adapt.readapt_drift import DocumentScan, TargetDrift
+from rgpl_adapt.records import GeneratedQuery
 from rgpl_adapt.state import (
     Clock,
     FileStateStore,
@@ -131,18 +124,10 @@ class ClusterTarget:
         return self.options.alias or self.options.index
 
 
-@dataclass(frozen=True)
-class DocumentScan:
-    """One streamed pass over the target's documents: how many, and their fingerprints when asked for."""
-
-    count: int
-    hashes: dict[str, str] | None = None
-
-
 # -- the re-adapter ------------------------------------------------------------------------------------
 
 
-class Readapter:
+class Readapter(TargetDrift):
     """Re-adapts one target (an embedded corpus, or a cluster index) when it drifted.
 
     Args:
@@ -186,81 +171,6 @@ class Readapter:
         self.progress = progress
         self.emit = on_event
         self.target = cluster.alias if cluster is not None else self.root.resolve().name
-
-    # -- documents and drift ---------------------------------------------------------------------
-    def _baseline(self) -> RunRecord | None:
-        """The last finished adaptation (promoted or not): drift is measured since it."""
-        return next((r for r in self.store.runs(self.target) if r.status in ("promoted", "rejected")), None)
-
-    def _iter_documents(self) -> Iterator[Document]:
-        """The target's documents, streamed (the corpus file, or the index read with PIT/scroll)."""
-        if self.cluster is None:
-            from collections import Counter
-
-            from rgpl_adapt.corpus import CorpusError, iter_corpus
-
-            counts: Counter[str] = Counter()
-            n = 0
-            for doc in iter_corpus(self.cfg.corpus, counts):
-                n += 1
-                yield doc
-            if not n:
-                read = counts.pop("read", 0)
-                raise CorpusError(
-                    f"no usable documents in {self.cfg.corpus.path} (read {read} records; skipped: "
-                    f"{dict(counts) or 'none'}). Check --text-field (now {self.cfg.corpus.text_field!r}) "
-                    f"and --id-field (now {self.cfg.corpus.id_field!r})."
-                )
-            return
-        from rgpl_adapt.cluster import open_backend
-
-        backend = open_backend(self.cluster.client, self.cluster.options)
-        try:
-            yield from backend.iter_documents()
-        finally:
-            backend.close()
-
-    def _scan(self, *, hashes: bool) -> DocumentScan:
-        """Count the documents (and fingerprint them) in one streamed pass: the texts are never held."""
-        if not hashes:
-            return DocumentScan(sum(1 for _ in self._iter_documents()))
-        found = fingerprints(self._iter_documents())
-        return DocumentScan(len(found), found)
-
-    def _count(self) -> int:
-        if self.cluster is None:
-            return self._scan(hashes=False).count
-        from rgpl_adapt.drift import count_documents
-
-        return count_documents(self.cluster.client, self.cluster.options.index)
-
-    def measure_drift(self, scan: DocumentScan | None = None) -> tuple[DriftReport, dict[str, str] | None]:
-        """Drift since the baseline, and the current fingerprints when they were computed."""
-        s = self.settings
-        base = self._baseline()
-        if s.drift_mode == "fingerprint":
-            hashes = scan.hashes if scan is not None and scan.hashes is not None else self._scan(hashes=True).hashes
-            assert hashes is not None
-            old = self.store.snapshot(self.target, base.version) if base else None
-            if base is not None and old is None:
-                log.warning("no fingerprint snapshot of v%d: counting every document as new", base.version)
-            return compare_fingerprints(old, hashes, threshold=s.threshold), hashes
-        now = scan.count if scan is not None else self._count()
-        before = base.snapshot.get("documents") if base else None
-        if s.drift_mode == "count":
-            return count_drift(before, now, threshold=s.threshold), None
-        from rgpl_adapt.drift import written_since_seqno, written_since_timestamp
-
-        assert self.cluster is not None
-        if base is None:
-            return since_drift(s.drift_mode, None, now, 0, threshold=s.threshold), None
-        if s.drift_mode == "timestamp":
-            n = written_since_timestamp(self.cluster.client, self.cluster.alias, s.timestamp_field, base.started_at)
-            detail = f"{s.timestamp_field} > {base.started_at:.0f}"
-        else:
-            n = written_since_seqno(self.cluster.client, self.cluster.alias, base.snapshot.get("seqno") or {})
-            detail = "_seq_no above the maxima recorded at the last run"
-        return since_drift(s.drift_mode, before, now, n, threshold=s.threshold, detail=detail), None
 
     # -- one run ---------------------------------------------------------------------------------------
     def run_once(self, *, force: bool = False) -> Outcome:

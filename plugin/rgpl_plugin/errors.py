@@ -1,6 +1,6 @@
 """Errors named for what the user must do, translated from opensearch-py / elasticsearch-py.
 
-Every class is a :class:`rgpl_plugin.base.BackendError`, so callers that only care "the backend
+Every public class is a :class:`rgpl_plugin.base.BackendError`, so callers that only care "the backend
 failed" catch one type. :func:`translate` turns a client exception into one of these with a
 message that says what to do and never carries a credential (it goes through
 :func:`rgpl_plugin.connection.redact`).
@@ -8,6 +8,7 @@ message that says what to do and never carries a credential (it goes through
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rgpl_plugin.base import BackendError
@@ -59,6 +60,17 @@ class BulkWriteError(BackendError):
     def __init__(self, message: str, failures: list[dict] | None = None) -> None:
         super().__init__(message)
         self.failures = failures or []
+
+
+class _ResponseError(Exception):
+    """One failed response inside an ``_msearch`` answer (carries ``info`` like client errors, so
+    :func:`translate` words it); raised and caught inside the cluster backends, never outside them."""
+
+    def __init__(self, response: Mapping[str, Any]) -> None:
+        self.info = dict(response)
+        self.status_code = int(response.get("status", 500))
+        err = response.get("error", {})
+        super().__init__(f"{err.get('type', '')}: {err.get('reason', '')}" if isinstance(err, dict) else str(err))
 
 
 def parse_version(number: str) -> tuple[int, int, int]:

@@ -299,7 +299,7 @@ def rrf_pipeline(rank_constant: int = DEFAULT_RANK_CONSTANT, *, legacy_shape: bo
     2/41; directly under ``combination``, as the OpenAPI spec's ``ScoreRankerCombination`` has it,
     the node acknowledges the pipeline and silently keeps 60). Later neural-search versions read it
     directly under ``combination`` and reject unknown ``parameters``; ``legacy_shape=True`` builds
-    that form (:func:`rgpl_plugin.opensearch.put_hybrid_pipeline` retries with it on a 400).
+    that form (:func:`rgpl_plugin.opensearch_vectors.put_hybrid_pipeline` retries with it on a 400).
     The default constant (60) is not sent at all, which every version reads the same way.
     """
     combination: dict[str, Any] = {"technique": "rrf"}
