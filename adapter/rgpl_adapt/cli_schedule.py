@@ -292,6 +292,22 @@ def _versions_command(out: str, rollback: bool) -> None:
         click.echo(f" {mark} v{run.version:<4} {run.status:<9} {'kept' if kept else 'pruned'}  {run.reason}")
 
 
+def _fresh(fn: Any) -> Any:
+    """A new function object calling ``fn``, to decorate with click options.
+
+    click's option decorators collect on the function object itself. Decorating the module's
+    functions directly broke when one registration started another (importing ``rgpl_adapt.cli``
+    from :func:`_borrow_adapt_options` registers these commands on the main group while this call
+    is half-way through decorating them): the inner one consumed the outer one's options.
+    """
+
+    def command(**opts: Any) -> Any:
+        return fn(**opts)
+
+    command.__name__, command.__doc__ = fn.__name__, fn.__doc__
+    return command
+
+
 def register(group: click.Group) -> None:
     """Add ``readapt``, ``schedule``, ``status`` and ``versions`` to ``group``."""
     from rgpl_adapt.cli_cluster import cluster_options
@@ -299,14 +315,14 @@ def register(group: click.Group) -> None:
     readapt = _borrow_adapt_options(readapt_options(
         click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")(
             click.option("--force", is_flag=True, help="Adapt even when the drift is below the threshold.")(
-                _readapt_command))))
+                _fresh(_readapt_command)))))
     group.command("readapt")(readapt)
 
     schedule = _borrow_adapt_options(readapt_options(
         click.option("--every", help="Interval between drift checks: 90s, 30m, 6h, 1d.")(
             click.option("--cron", help="5-field cron expression in UTC, e.g. '0 3 * * *'.")(
                 click.option("--no-run-now", is_flag=True, help="Wait for the first scheduled time.")(
-                    click.option("--max-ticks", type=int, hidden=True)(_schedule_command))))))
+                    click.option("--max-ticks", type=int, hidden=True)(_fresh(_schedule_command)))))))
     group.command("schedule")(schedule)
 
     status = cluster_options(
@@ -314,9 +330,9 @@ def register(group: click.Group) -> None:
             click.option("--index", "index_name", help="A cluster index or alias (state in --state-index).")(
                 click.option("--json", "as_json", is_flag=True)(
                     click.option("--no-drift", is_flag=True, help="Do not measure the drift now (no document read).")(
-                        click.option("--state-index", default=".rgpl-state", show_default=True)(_status_command))))))
+                        click.option("--state-index", default=".rgpl-state", show_default=True)(_fresh(_status_command)))))))
     group.command("status")(status)
 
     versions = click.option("--out", type=click.Path(exists=True, file_okay=False), required=True)(
-        click.option("--rollback", is_flag=True, help="Serve the previous kept version again.")(_versions_command))
+        click.option("--rollback", is_flag=True, help="Serve the previous kept version again.")(_fresh(_versions_command)))
     group.command("versions")(versions)
