@@ -179,3 +179,51 @@ def test_two_ranks_share_one_vectors_file_and_resume_it(tmp_path, documents, tin
     assert [encoded_chunks(logs / f"rank{r}.log", tmp_path) for r in (0, 1)] == [{"ddp": [0, 2]}, {"ddp": [1, 3, 3]}]
     np.testing.assert_allclose(np.load(logs / "first.npy"), single, rtol=1e-5, atol=1e-6)  # equal to one process
     np.testing.assert_allclose(np.load(out / "vectors.npy"), single, rtol=1e-5, atol=1e-6)
+
+
+def test_rank_device_one_rank_per_gpu_uses_nccl():
+    from rgpl_adapt.distributed import rank_device
+
+    assert rank_device(DistInfo(rank=3, world=4, local_rank=1), gpus=2, local_world=2) == ("cuda:1", "nccl")
+
+
+def test_rank_device_more_ranks_than_gpus_share_them_with_gloo(caplog):
+    from rgpl_adapt.distributed import rank_device
+
+    with caplog.at_level(logging.WARNING, logger="rgpl_adapt.distributed"):
+        got = [rank_device(DistInfo(rank=r, world=3, local_rank=r), gpus=2, local_world=3) for r in range(3)]
+    assert got == [("cuda:0", "gloo"), ("cuda:1", "gloo"), ("cuda:0", "gloo")]  # rank 0 too: one backend
+    assert len(caplog.records) == 1 and "--nproc_per_node 2" in caplog.text and "gloo" in caplog.text
+
+
+@pytest.mark.parametrize("world", ["1", "2"])
+def test_cuda_without_a_visible_gpu_is_a_clear_error(monkeypatch, world):
+    import rgpl_adapt.distributed as distributed
+
+    monkeypatch.setenv("WORLD_SIZE", world)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(RuntimeError, match="no GPU is visible.*--device cpu"):
+        distributed.init_distributed("cuda")
+
+
+def test_init_distributed_shares_one_gpu_between_two_local_ranks(monkeypatch):
+    """Rank 1 of 2 on a machine with one GPU: device cuda:0, gloo (NCCL would refuse two ranks on one GPU)."""
+    import torch.distributed as dist
+
+    import rgpl_adapt.distributed as distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: chosen.append(("set_device", d)))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, timeout: chosen.append(("group", backend)))
+    info, device = distributed.init_distributed("cuda")
+    assert (info.rank, device) == (1, "cuda:0")
+    assert chosen == [("set_device", 0), ("group", "gloo")]
+
