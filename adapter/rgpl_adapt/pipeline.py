@@ -474,7 +474,7 @@ class Pipeline:
                 n += len(chunk)
             # the serving encoder for the held-out queries: the corpus one unless that was torch bf16 (no second load)
             encoder = (docs_encoder if docs_path != "torch bf16 autocast"
-                       else load_encoder(export_dir, self.cfg.export.onnx))
+                       else load_encoder(export_dir, self.cfg.export.onnx, device=self.device))
             _, held = self._split(queries)
             weights = choose_hybrid_weight(self.backend, encoder, held)
             out = {"vectors": n, "space": DENSE_SPACE, **weights, "onnx": isinstance(encoder, OnnxEncoder),
