@@ -4,11 +4,16 @@ The models are real transformers architectures (BERT bi-encoder, BERT cross-enco
 a Llama-style causal LM) with 2 layers and hidden size 32 and a WordPiece tokenizer trained
 here, so every stage runs its real loading, training and export code in seconds and nothing
 is downloaded. Each is built once per session into a temp folder; tests get the path.
+
+``RGPL_TEST_DEVICE`` (default ``cpu``): the torch device of the tests where a GPU run means something
+(training, encoding, the pipeline under torchrun); ``RGPL_TEST_DEVICE=cuda`` runs them on the GPU
+(bench/gpu_check.sh). The models are still built on the CPU.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -24,6 +29,8 @@ TOPICS = {
     "virus": "virus infection immune vaccine antibody influenza replication host",
     "gene": "gene expression mutation dna transcription protein chromosome genome",
 }
+TEST_DEVICE = os.environ.get("RGPL_TEST_DEVICE", "cpu")
+"""Where the device-aware tests run their models (see the module docstring)."""
 FILLER = "study results patients analysis effect trial data reported increased reduced".split()
 
 

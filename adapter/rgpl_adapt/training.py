@@ -342,7 +342,8 @@ class Trainer:
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
-            ids = [torch.device(self.device).index] if self.device.startswith("cuda") else None
+            dev = torch.device(self.device)  # a rank's GPU (ranks sharing a GPU name the same one); "cuda": current
+            ids = [torch.cuda.current_device() if dev.index is None else dev.index] if dev.type == "cuda" else None
             # find_unused_parameters: e.g. BERT's pooler is not used by sentence-transformers pooling.
             train_model = DistributedDataParallel(train_model, device_ids=ids, find_unused_parameters=True)
 

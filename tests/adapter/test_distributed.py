@@ -15,6 +15,7 @@ from rgpl_adapt.distributed import DistInfo, dist_info, shard
 from rgpl_adapt.labeling import ScoreCache
 from rgpl_adapt.training import Trainer, TrainingData
 from tests.adapter.test_training import make_trainer, small_config, weights
+from tests.conftest import TEST_DEVICE
 from tests.fakes import OverlapTeacher, random_pools, title_queries
 
 
@@ -64,33 +65,35 @@ def encoded_chunks(log: Path, root: Path) -> dict[str, list[int]]:
     return found
 
 
-def join_group(rank: int, world: int, port: int) -> None:
+def join_group(rank: int, world: int, port: int, device: str = "cpu") -> str:
+    """Join the group as torchrun's rank ``rank``; returns the rank's device (cuda: ranks share the GPUs)."""
     import os
 
     from rgpl_adapt.distributed import init_distributed
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    init_distributed("cpu")
+    return init_distributed(device)[1]
 
 
-def store_trainer(cfg, work, backend, documents, store) -> Trainer:
+def store_trainer(cfg, work, backend, documents, store, device: str = TEST_DEVICE) -> Trainer:
     """:func:`make_trainer` with the texts read from a document store (as the pipeline does), 16 per chunk."""
     queries = title_queries(documents)
     return Trainer(cfg, work, student_path=cfg.training.student, backend=backend,
                    data=TrainingData(queries, store=store, chunk_size=16),
                    initial_pools=random_pools(queries, documents), teacher=OverlapTeacher(),
-                   cache=ScoreCache(work / "scores.jsonl", key="overlap"), device="cpu")
+                   cache=ScoreCache(work / "scores.jsonl", key="overlap"), device=device)
 
 
 def _worker(rank, world, port, cfg, work, index_dir, documents, store):
     from rgpl_plugin.embedded import EmbeddedBackend
 
-    join_group(rank, world, port)
+    device = join_group(rank, world, port, TEST_DEVICE)  # cuda on one GPU: both ranks on cuda:0 over gloo
     log_chunks(work.parent / f"ddp-rank{rank}.log")
     backend = EmbeddedBackend.open(index_dir)
     try:
-        trainer = store_trainer(cfg, work, backend, documents, index_dir) if store else make_trainer(cfg, work, backend, documents)
+        trainer = (store_trainer(cfg, work, backend, documents, index_dir, device) if store
+                   else make_trainer(cfg, work, backend, documents, device=device))
         trainer.run()
     finally:
         backend.close()
@@ -121,8 +124,9 @@ def test_two_process_ddp_matches_one_process(tmp_path, documents, tiny_student, 
     a, b = weights(single.model_dir), weights(tmp_path / "ddp" / "final")
     changed = any(not torch.equal(a[k], weights(student)[k]) for k in a)
     assert changed
+    atol = 1e-5 if TEST_DEVICE == "cpu" else 1e-4  # CUDA sums in another order
     for key in a:
-        assert torch.allclose(a[key], b[key], atol=1e-5), key
+        assert torch.allclose(a[key], b[key], atol=atol), key
     # rank 0 alone wrote the round files and checkpoints; it re-mined the same negatives as one process
     assert (tmp_path / "ddp" / "rounds" / "r1" / "manifest.json").exists()
     pools = [(tmp_path / run / "rounds" / "r1" / "pools.jsonl").read_text() for run in ("single", "ddp")]
