@@ -151,14 +151,12 @@ def tiny_student(tmp_path_factory, documents) -> Path:
     return build_tiny_student(tmp_path_factory.mktemp("models") / "student", documents)
 
 
-@pytest.fixture(scope="session")
-def tiny_cross_encoder(tmp_path_factory, documents) -> Path:
-    """A 2-layer BERT cross-encoder (sequence classification, 1 label), random weights."""
+def build_tiny_cross_encoder(out: Path, documents) -> Path:
+    """A 2-layer BERT cross-encoder (sequence classification, 1 label), random weights, saved at ``out``."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(1)
-    out = tmp_path_factory.mktemp("models") / "cross-encoder"
     tok = _train_tokenizer(out, documents, kind="bert")
     cfg = BertConfig(
         vocab_size=len(tok),
@@ -173,14 +171,12 @@ def tiny_cross_encoder(tmp_path_factory, documents) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_t5(tmp_path_factory, documents) -> Path:
-    """A 2-layer T5 (doc2query architecture), random weights."""
+def build_tiny_t5(out: Path, documents) -> Path:
+    """A 2-layer T5 (doc2query architecture), random weights, saved at ``out``."""
     import torch
     from transformers import T5Config, T5ForConditionalGeneration
 
     torch.manual_seed(2)
-    out = tmp_path_factory.mktemp("models") / "t5"
     tok = _train_tokenizer(out, documents, kind="seq2seq")
     cfg = T5Config(
         vocab_size=len(tok),
@@ -196,6 +192,18 @@ def tiny_t5(tmp_path_factory, documents) -> Path:
     )
     T5ForConditionalGeneration(cfg).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tmp_path_factory, documents) -> Path:
+    """A 2-layer BERT cross-encoder (sequence classification, 1 label), random weights."""
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("models") / "cross-encoder", documents)
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory, documents) -> Path:
+    """A 2-layer T5 (doc2query architecture), random weights."""
+    return build_tiny_t5(tmp_path_factory.mktemp("models") / "t5", documents)
 
 
 @pytest.fixture(scope="session")

@@ -61,6 +61,9 @@ class TrainResult:
     evals: list[dict[str, Any]] = field(default_factory=list)
     final_loss: float = float("nan")
     seconds: float = 0.0
+    precision: str = "fp32"
+    """What the steps ran at (``resolve_precision`` of the setting on the device): fp32, bf16 or fp16."""
+    device: str = "cpu"
 
 
 @dataclass
@@ -426,6 +429,8 @@ class Trainer:
             evals=evals,
             final_loss=loss_value,
             seconds=time.perf_counter() - t_start,
+            precision=precision,
+            device=self.device,
         )
 
     def _step(
