@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check: every GPU-relevant path of rgpl-adapt on one machine, in one go, sized to ~7 minutes.
+# The GPU check: every GPU-relevant path of rgpl-adapt on one machine, in one go, sized to ~7.5 minutes
+# (GPU_CHECK_BUDGET_S, default 450: the scale steps e1-e3 get what is left of it).
 #
 #   OUT=/some/dir bash bench/gpu_check.sh                         # on the GPU machine (device cuda)
 #   OUT=/tmp/o PY=.venv/bin/python GPU_CHECK_DEVICE=cpu GPU_CHECK_SMALL=1 GPU_CHECK_WHEELS=0 bash bench/gpu_check.sh
@@ -24,7 +25,7 @@ OUT=${OUT:?set OUT to the folder that comes back}
 PY=${PY:-python3}
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 SMALL=${GPU_CHECK_SMALL:-0}
-BUDGET=${GPU_CHECK_BUDGET_S:-420}
+BUDGET=${GPU_CHECK_BUDGET_S:-450}
 WORK=${GPU_CHECK_WORK:-/tmp/gpu_check}
 if [ "$SMALL" = 1 ]; then
   SCALE_DOCS=${GPU_CHECK_SCALE_DOCS:-3000}; MAX_Q=${GPU_CHECK_MAX_QUERIES:-300}; TRAIN_STEPS=10; CLI_STEPS=8
@@ -71,8 +72,9 @@ run_step() {
 
 # a0: wheels of what the machine lacks (tantivy, usearch, click-default-group, onnxscript, onnx-ir)
 if [ "${GPU_CHECK_WHEELS:-1}" = 1 ] && ls .whl/*.whl > /dev/null 2>&1; then
-  run_step a0_wheels 120 - "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl
+  # pip when the interpreter has it, else the wheels unpacked as they are (a wheel is a zip of site-packages)
+  run_step a0_wheels 120 - bash -c '"$0" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --upgrade --target /tmp/site .whl/*.whl || for w in .whl/*.whl; do "$0" -m zipfile -e "$w" /tmp/site || exit 1; done' "$PY"
   export PYTHONPATH=/tmp/site:$PYTHONPATH
 fi
 
@@ -115,9 +117,9 @@ export TOKENIZERS_PARALLELISM=true
 SCALE_ARGS=(--docs "$SCALE_DOCS" --device "$DEVICE" --out "$SCALE" --results scale_gpu.json --encoder model
             --max-queries "$MAX_Q" --train-steps "$TRAIN_STEPS")
 cap() { local l; l=$(left); [ "$1" -lt "$l" ] && echo "$1" || echo "$l"; }
-run_step e1_generate "$(cap 170)" "$SCALE/scale_gpu.json" "$PY" bench/scale.py "${SCALE_ARGS[@]}" --stages generate
-run_step e2_mine "$(cap 200)" "$SCALE/scale_gpu.json" "$PY" bench/scale.py "${SCALE_ARGS[@]}" --stages mine
-run_step e3_train "$(cap 90)" "$SCALE/scale_gpu.json" "$PY" bench/scale.py "${SCALE_ARGS[@]}" --stages train
+run_step e1_generate "$(cap 150)" "$SCALE/scale_gpu.json" "$PY" bench/scale.py "${SCALE_ARGS[@]}" --stages generate
+run_step e2_mine "$(cap 240)" "$SCALE/scale_gpu.json" "$PY" bench/scale.py "${SCALE_ARGS[@]}" --stages mine
+run_step e3_train "$(cap 60)" "$SCALE/scale_gpu.json" "$PY" bench/scale.py "${SCALE_ARGS[@]}" --stages train
 
 # out: the summary, the logs, the scale results
 "$PY" bench/gpu_check.py summary "$STEPS" "$OUT/gpu_summary.json"

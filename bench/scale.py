@@ -420,7 +420,8 @@ def project(rows: list[dict], target: int = 10_000_000) -> list[dict]:
         (n1, r1), (n2, r2) = pts[-2], pts[-1]
         b = (r2["seconds"] - r1["seconds"]) / (n2 - n1)
         q = (r2["peak_rss_mb"] - r1["peak_rss_mb"]) / (n2 - n1)
-        out.append({"stage": stage, "encoder": encoder, "device": device, "docs": target, "seconds": round(r2["seconds"] + b * (target - n2)),
+        out.append({"stage": stage, "encoder": encoder, "device": device, "docs": target,
+                    "seconds": round(r2["seconds"] + b * (target - n2)),
                     "peak_rss_mb": round(r2["peak_rss_mb"] + q * (target - n2)),
                     "formula": f"s = {r2['seconds']:.0f} + {b * 1e6:.1f} us x (N - {n2}); "
                                f"peak = {r2['peak_rss_mb']:.0f} MB + {q * 1e6:.1f} B x (N - {n2})"})

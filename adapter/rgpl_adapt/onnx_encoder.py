@@ -24,7 +24,8 @@ onnxruntime's lazy initialisation. :meth:`OnnxEncoder.encode_queries` keeps an L
 vectors: a query served by several legs (BM25 + dense, several weights) or repeated is encoded once.
 
 Providers. ``CUDAExecutionProvider`` when onnxruntime-gpu offers it (the ``gpu`` extra), else CPU;
-``device="cuda:N"`` puts the session on GPU N (``device_id``), so each torchrun rank uses its own GPU; on CUDA the inputs and the one output are bound with IO binding (no token-embedding copy back to the
+``device="cuda:N"`` puts the session on GPU N (``device_id``), so each torchrun rank uses its own GPU;
+on CUDA the inputs and the one output are bound with IO binding (no token-embedding copy back to the
 host). Not measured here: no GPU was available when this was written (bench/RESULTS.md).
 """
 

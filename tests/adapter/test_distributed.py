@@ -1,6 +1,7 @@
 """Data-parallel training: 2 CPU processes (gloo) give the same model as 1 process on the same global batches,
 and share the corpus encodes (each rank its chunks of one vectors file)."""
 
+import dataclasses
 import json
 import logging
 import re
@@ -112,6 +113,8 @@ def test_two_process_ddp_matches_one_process(tmp_path, documents, tiny_student, 
 
     student = no_dropout_copy(tiny_student, tmp_path / "student")
     cfg = small_config(student, steps=4, every=2)
+    if TEST_DEVICE != "cpu":  # equality at fp32: bf16 autocast rounds a half batch unlike the whole one
+        cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, precision="fp32"))
     index = tmp_path / "index"
     EmbeddedBackend.create(index, documents).close()
     monkeypatch.delenv("WORLD_SIZE", raising=False)
