@@ -153,7 +153,8 @@ def summary(steps_file: Path, out: Path) -> dict:
     for step in steps:
         log = step.get("log")
         if log and Path(log).is_file():
-            step["log_tail"] = Path(log).read_text(errors="replace").splitlines()[-40:]
+            lines = [line for line in Path(log).read_text(errors="replace").splitlines() if line.strip()]
+            step["log_tail"] = [line[:400] for line in lines[-40:]]  # splitlines also cuts tqdm's \r updates
         result = step.get("result")
         if result and Path(result).is_file():
             try:
