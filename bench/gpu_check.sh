@@ -127,3 +127,4 @@ cp "$SCALE/scale_gpu.json" "$SCALE/scale_store.json" "$OUT/" 2>/dev/null
 (cd "$WORK" && tar czf "$OUT/gpu_logs.tar.gz" logs steps.jsonl env.json verify_*.json runs/*/report.json \
   runs/*/train/log.jsonl scale/*/pipe-*.log 2>/dev/null)
 echo "[$(elapsed)s] done: $OUT/gpu_summary.json"
+sleep 1  # let tee write the last lines of gpu_check.log
