@@ -26,12 +26,17 @@ its peak RSS (``VmHWM``, which a fresh exec resets) is its own:
 encoded chunk; train: its first checkpoint), reruns it and checks that no finished chunk was redone and
 that the counts match.
 
+``--device`` (auto, cpu, cuda) runs the models of ``encode``, ``generate``, ``mine`` and ``train`` there; the
+results record the device and the GPU's name, and on CUDA each stage's peak GPU memory
+(``torch.cuda.max_memory_allocated``) next to its peak RSS (CPU memory).
+
 Usage::
 
     nice -n 10 python bench/scale.py --docs 100000 1000000 --out bench/out/scale
     nice -n 10 python bench/scale.py --docs 1000000 --kill --stages store encode serve   # on its own copies
     nice -n 10 python bench/scale.py --docs 100000 1000000 --stages generate mine train --encoder bytes
     nice -n 10 python bench/scale.py --docs 1000000 --kill --stages generate mine train --encoder bytes
+    python bench/scale.py --docs 1000000 --stages generate mine train --device cuda
 """
 
 from __future__ import annotations
@@ -201,7 +206,7 @@ class ByteEncoder:
         return grid.sum(axis=1) / 2048.0
 
 
-def stage_encode(model: str, index: str, vectors: str, chunk: int) -> dict:
+def stage_encode(model: str, index: str, vectors: str, chunk: int, device: str = "cpu") -> dict:
     from rgpl_adapt.chunked import encode_store
 
     if model == "bytes":
@@ -213,7 +218,7 @@ def stage_encode(model: str, index: str, vectors: str, chunk: int) -> dict:
         from rgpl_adapt.models import load_sentence_transformer
 
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
-        st = load_sentence_transformer(model, max_seq_len=64)
+        st = load_sentence_transformer(model, device, max_seq_len=64)
         encoder, dim = SentenceTransformerEncoder(st), embedding_dim(st)
     t0 = time.perf_counter()
     res = encode_store(encoder, index, vectors, dim=dim, chunk_size=chunk, batch_size=256, key=f"scale:{model}")
@@ -285,7 +290,29 @@ def _stage_child(name: str, kwargs: dict) -> None:
           "eval": stage_eval, **STAGE_FUNCTIONS}[name]
     out = fn(**kwargs)
     out.update(_peak_mb())
+    device = kwargs.get("device", "cpu")
+    out["device"] = device
+    if device.startswith("cuda"):
+        out.update(_gpu_peak_mb())
     print("RESULT " + json.dumps(out), flush=True)
+
+
+def _gpu_peak_mb() -> dict:
+    """This process's peak GPU memory held by torch tensors (``max_memory_allocated``) and reserved, MB."""
+    import torch
+
+    return {"gpu_peak_allocated_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+            "gpu_peak_reserved_mb": round(torch.cuda.max_memory_reserved() / 2**20, 1)}
+
+
+def resolve_bench_device(spec: str) -> tuple[str, str | None]:
+    """``auto`` / ``cpu`` / ``cuda`` to the device the stages get, and the GPU's name (None on CPU)."""
+    import torch
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if spec == "auto" else spec
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no GPU is visible to torch (torch.cuda.is_available() is False)")
+    return device, torch.cuda.get_device_name(0) if device == "cuda" else None
 
 
 def run_stage(name: str, kwargs: dict, *, kill_when=None) -> dict:
@@ -383,15 +410,18 @@ class _Saving(dict):
 def project(rows: list[dict], target: int = 10_000_000) -> list[dict]:
     """Per stage, a line through the two largest measured sizes: seconds = a + b N, peak = p + q N."""
     out = []
-    for stage, encoder in dict.fromkeys((r["stage"], r.get("encoder", "")) for r in rows):
-        pts = sorted(((r["docs"], r) for r in rows if (r["stage"], r.get("encoder", "")) == (stage, encoder)),
-                     key=lambda p: p[0])
+    def kind(r: dict) -> tuple:
+        return r["stage"], r.get("encoder", ""), r.get("device", "cpu")
+
+    for stage, encoder, device in dict.fromkeys(map(kind, rows)):
+        pts = sorted(((r["docs"], r) for r in rows if kind(r) == (stage, encoder, device)), key=lambda p: p[0])
         if len(pts) < 2:
             continue
         (n1, r1), (n2, r2) = pts[-2], pts[-1]
         b = (r2["seconds"] - r1["seconds"]) / (n2 - n1)
         q = (r2["peak_rss_mb"] - r1["peak_rss_mb"]) / (n2 - n1)
-        out.append({"stage": stage, "encoder": encoder, "docs": target, "seconds": round(r2["seconds"] + b * (target - n2)),
+        out.append({"stage": stage, "encoder": encoder, "device": device, "docs": target,
+                    "seconds": round(r2["seconds"] + b * (target - n2)),
                     "peak_rss_mb": round(r2["peak_rss_mb"] + q * (target - n2)),
                     "formula": f"s = {r2['seconds']:.0f} + {b * 1e6:.1f} us x (N - {n2}); "
                                f"peak = {r2['peak_rss_mb']:.0f} MB + {q * 1e6:.1f} B x (N - {n2})"})
@@ -411,6 +441,8 @@ def main() -> None:
                     help="the train stage's steps (a checkpoint every quarter)")
     ap.add_argument("--max-queries", type=int, default=250_000,
                     help="generation's query budget (GPL's 250k; lower only for smoke runs on small corpora)")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu",
+                    help="where the models of encode, generate, mine and train run (auto: cuda when visible)")
     ap.add_argument("--results", default="scale.json", help="JSON file under --out (kill runs: use another)")
     ap.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage in this process
     ap.add_argument("--kwargs", help=argparse.SUPPRESS)
@@ -426,6 +458,8 @@ def main() -> None:
     results_path = out / args.results
     results = json.loads(results_path.read_text()) if results_path.exists() else {"runs": []}
     results["machine"] = machine_info()
+    device, gpu = resolve_bench_device(args.device)
+    results["device"], results["gpu"] = device, gpu
     for n in args.docs:
         run = out / f"n{n}"
         run.mkdir(exist_ok=True)
@@ -438,11 +472,11 @@ def main() -> None:
         encoder = str(model) if args.encoder == "model" else "bytes"
         todo = {"store": {"corpus": str(run / "corpus.jsonl"), "index": idx, "chunk": args.chunk},
                 "sample": {"index": idx},
-                "encode": {"model": encoder, "index": idx, "vectors": vec, "chunk": args.chunk},
+                "encode": {"model": encoder, "index": idx, "vectors": vec, "chunk": args.chunk, "device": device},
                 "serve": {"index": idx, "vectors": vec},
                 "eval": {"index": idx, "out": str(run / "eval")}}
         pipe = {"corpus": str(run / "corpus.jsonl"), "index": idx, "models": models, "chunk": args.chunk,
-                "steps": args.train_steps, "max_queries": args.max_queries}
+                "steps": args.train_steps, "max_queries": args.max_queries, "device": device}
         todo.update({s: {**pipe, "run": str(run / "pipe"), "log": str(run / f"pipe-{s}.log")}
                      for s in PIPE_STAGES})
         todo["mine"]["encoder"] = args.encoder
@@ -463,8 +497,10 @@ def main() -> None:
                        encoder="tiny-bert" if args.encoder == "model" and stage != "eval" else "bytes (no model)")
             if stage in ("generate", "train"):
                 res["encoder"] = {"generate": "tiny-t5", "train": "tiny-bert + tiny-ce"}[stage]
+            res["gpu"] = gpu if res["device"].startswith("cuda") else None
+            same = (stage, n, res["encoder"], res["device"])
             results["runs"] = [r for r in results["runs"]
-                               if (r["stage"], r["docs"], r.get("encoder")) != (stage, n, res["encoder"])] + [res]
+                               if (r["stage"], r["docs"], r.get("encoder"), r.get("device", "cpu")) != same] + [res]
             print(json.dumps(res), flush=True)
             write_json(results_path, results)
         if args.kill:
@@ -478,11 +514,12 @@ def main() -> None:
                 if not (run / "index" / "backend.json").exists():
                     run_stage("store", todo["store"])
                 kill_pipeline({**todo["mine"], "run": str(run / "pipe-kill")}, args.stages, run_stage, save)
-    rows = sorted(results["runs"], key=lambda r: (STAGES.index(r["stage"]), r.get("encoder", ""), r["docs"]))
+    rows = sorted(results["runs"], key=lambda r: (STAGES.index(r["stage"]), r.get("encoder", ""),
+                                                  r.get("device", "cpu"), r["docs"]))
     results["projection"] = project(rows)
     write_json(results_path, results)
-    cols = ["stage", "encoder", "docs", "corpus_mb", "seconds", "docs_per_s", "queries_per_s", "peak_rss_mb",
-            "vectors_mb"]
+    cols = ["stage", "encoder", "device", "docs", "corpus_mb", "seconds", "docs_per_s", "queries_per_s",
+            "peak_rss_mb", "gpu_peak_allocated_mb", "vectors_mb"]
     print(format_table(rows, cols))
     print(format_table(results["projection"], ["stage", "encoder", "docs", "seconds", "peak_rss_mb", "formula"]))
 

@@ -93,11 +93,12 @@ def build_teacher(out: Path, words: list[str]) -> Path:
     return out
 
 
-def bench_config(corpus: str, models: dict, steps: int, max_queries: int = 250_000):
+def bench_config(corpus: str, models: dict, steps: int, max_queries: int = 250_000, device: str = "cpu"):
     """The pipeline's defaults (GPL's 250k-query budget, k=50, batch 32, ...) with the tiny models.
 
     A ``max_queries`` below GPL's 250k scales generation (and so mining and training) down: for smoke tests
-    (a small corpus would get 250k / N queries per passage) and for a loaded machine.
+    (a small corpus would get 250k / N queries per passage) and for a loaded machine. ``device``: where the
+    models run (``cuda``: generation, mining's encodes, labelling and training on the GPU).
     """
     from rgpl_adapt.config import AdaptConfig
 
@@ -114,7 +115,7 @@ def bench_config(corpus: str, models: dict, steps: int, max_queries: int = 250_0
                    warmup_steps=min(10, steps), checkpoint_every=max(1, steps // 4)),
         remine=r(cfg.remine, every=0),  # one round: remining is the encode stage's cost plus mining's search
         export=r(cfg.export, onnx=False),
-        device="cpu",
+        device=device,
     )
 
 
@@ -138,14 +139,15 @@ def _logging_to(path: str | None):
         handler.close()
 
 
-def _pipeline(corpus: str, index: str, run: str, models: dict, chunk: int, steps: int, max_queries: int):
+def _pipeline(corpus: str, index: str, run: str, models: dict, chunk: int, steps: int, max_queries: int,
+              device: str = "cpu"):
     """A ``Pipeline`` on ``run`` whose index stage is the store at ``index`` (as after ``_stage_index``)."""
     from rgpl_plugin.docstore import DocStore
     from rgpl_plugin.embedded import EmbeddedBackend
 
     from rgpl_adapt.pipeline import Pipeline
 
-    p = Pipeline(bench_config(corpus, models, steps, max_queries), run, chunk_size=chunk)
+    p = Pipeline(bench_config(corpus, models, steps, max_queries, device), run, chunk_size=chunk)
     p.dir.mkdir(parents=True, exist_ok=True)
     p.store_dir, p.store, p.backend = Path(index), DocStore(index), EmbeddedBackend.open(index)
     p._upstream = f"scale-store:{Path(index).resolve()}:{p.store.count()}"  # the index stage's fingerprint
@@ -169,11 +171,11 @@ def _mine(log: str | None, pid: int, pattern: re.Pattern) -> list[int]:
 
 
 def stage_generate(corpus: str, index: str, run: str, models: dict, chunk: int, steps: int, log: str,
-                   max_queries: int = 250_000) -> dict:
+                   max_queries: int = 250_000, device: str = "cpu") -> dict:
     import os
 
     with _logging_to(log):
-        p = _pipeline(corpus, index, run, models, chunk, steps, max_queries)
+        p = _pipeline(corpus, index, run, models, chunk, steps, max_queries, device)
         n = p.store.count()
         t0 = time.perf_counter()
         queries = p._stage_queries(p.store)
@@ -191,7 +193,7 @@ def stage_generate(corpus: str, index: str, run: str, models: dict, chunk: int, 
 
 
 def stage_mine(corpus: str, index: str, run: str, models: dict, chunk: int, steps: int, log: str,
-               encoder: str = "model", max_queries: int = 250_000) -> dict:
+               encoder: str = "model", max_queries: int = 250_000, device: str = "cpu") -> dict:
     import os
     from unittest import mock
 
@@ -203,7 +205,7 @@ def stage_mine(corpus: str, index: str, run: str, models: dict, chunk: int, step
         patches.enter_context(mock.patch("rgpl_adapt.encoding.SentenceTransformerEncoder",
                                          lambda *a, **k: ByteEncoder()))
     with patches, _logging_to(log):
-        p = _pipeline(corpus, index, run, models, chunk, steps, max_queries)
+        p = _pipeline(corpus, index, run, models, chunk, steps, max_queries, device)
         n = p.store.count()
         t0 = time.perf_counter()
         queries = _upstream_queries(p)
@@ -226,11 +228,11 @@ def stage_mine(corpus: str, index: str, run: str, models: dict, chunk: int, step
 
 
 def stage_train(corpus: str, index: str, run: str, models: dict, chunk: int, steps: int, log: str,
-                max_queries: int = 250_000) -> dict:
+                max_queries: int = 250_000, device: str = "cpu") -> dict:
     import os
 
     with _logging_to(log):
-        p = _pipeline(corpus, index, run, models, chunk, steps, max_queries)
+        p = _pipeline(corpus, index, run, models, chunk, steps, max_queries, device)
         n = p.store.count()
         queries = _upstream_queries(p)
         pools = p._stage_negatives(queries)

@@ -4,11 +4,16 @@ The models are real transformers architectures (BERT bi-encoder, BERT cross-enco
 a Llama-style causal LM) with 2 layers and hidden size 32 and a WordPiece tokenizer trained
 here, so every stage runs its real loading, training and export code in seconds and nothing
 is downloaded. Each is built once per session into a temp folder; tests get the path.
+
+``RGPL_TEST_DEVICE`` (default ``cpu``): the torch device of the tests where a GPU run means something
+(training, encoding, the pipeline under torchrun); ``RGPL_TEST_DEVICE=cuda`` runs them on the GPU
+(bench/gpu_check.sh). The models are still built on the CPU.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -24,6 +29,8 @@ TOPICS = {
     "virus": "virus infection immune vaccine antibody influenza replication host",
     "gene": "gene expression mutation dna transcription protein chromosome genome",
 }
+TEST_DEVICE = os.environ.get("RGPL_TEST_DEVICE", "cpu")
+"""Where the device-aware tests run their models (see the module docstring)."""
 FILLER = "study results patients analysis effect trial data reported increased reduced".split()
 
 
@@ -144,14 +151,12 @@ def tiny_student(tmp_path_factory, documents) -> Path:
     return build_tiny_student(tmp_path_factory.mktemp("models") / "student", documents)
 
 
-@pytest.fixture(scope="session")
-def tiny_cross_encoder(tmp_path_factory, documents) -> Path:
-    """A 2-layer BERT cross-encoder (sequence classification, 1 label), random weights."""
+def build_tiny_cross_encoder(out: Path, documents) -> Path:
+    """A 2-layer BERT cross-encoder (sequence classification, 1 label), random weights, saved at ``out``."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(1)
-    out = tmp_path_factory.mktemp("models") / "cross-encoder"
     tok = _train_tokenizer(out, documents, kind="bert")
     cfg = BertConfig(
         vocab_size=len(tok),
@@ -166,14 +171,12 @@ def tiny_cross_encoder(tmp_path_factory, documents) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_t5(tmp_path_factory, documents) -> Path:
-    """A 2-layer T5 (doc2query architecture), random weights."""
+def build_tiny_t5(out: Path, documents) -> Path:
+    """A 2-layer T5 (doc2query architecture), random weights, saved at ``out``."""
     import torch
     from transformers import T5Config, T5ForConditionalGeneration
 
     torch.manual_seed(2)
-    out = tmp_path_factory.mktemp("models") / "t5"
     tok = _train_tokenizer(out, documents, kind="seq2seq")
     cfg = T5Config(
         vocab_size=len(tok),
@@ -189,6 +192,18 @@ def tiny_t5(tmp_path_factory, documents) -> Path:
     )
     T5ForConditionalGeneration(cfg).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tmp_path_factory, documents) -> Path:
+    """A 2-layer BERT cross-encoder (sequence classification, 1 label), random weights."""
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("models") / "cross-encoder", documents)
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory, documents) -> Path:
+    """A 2-layer T5 (doc2query architecture), random weights."""
+    return build_tiny_t5(tmp_path_factory.mktemp("models") / "t5", documents)
 
 
 @pytest.fixture(scope="session")

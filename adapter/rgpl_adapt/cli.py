@@ -263,6 +263,9 @@ def _logged_example_queries(opts: dict[str, Any]) -> list[str]:
 @click.option("--register-model", is_flag=True,
               help="OpenSearch: upload the ONNX model to ML Commons, deploy it, embed new documents at ingest.")
 @click.option("--publish-version", help="Cluster: version name of the new index <alias>-rgpl-<version> (default: v<UTC time>).")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=None,
+              help="Corpus runs: documents per resumable chunk of the store build and of the corpus encodes (default 65536): a kill "
+                   "resumes after the last finished chunk; torchrun ranks share each encode by chunks.")
 @click.option("-v", "--verbose", count=True)
 def adapt(**opts: Any) -> None:
     """Adapt a model to a corpus: generate queries, mine, label, train with remining, export.
@@ -286,6 +289,7 @@ def adapt(**opts: Any) -> None:
       rgpl-adapt --index docs --miner local --no-publish
     """
     _setup_logging(opts.pop("verbose"))
+    chunk_size = opts.pop("chunk_size")
     if opts.get("resume") and opts.get("restart"):
         raise click.UsageError("--resume and --restart exclude each other")
     if bool(opts.get("corpus")) == bool(opts.get("index_name")):
@@ -318,6 +322,7 @@ def adapt(**opts: Any) -> None:
             progress=tqdm_progress if main_rank else silent,
             on_event=_echo_event if main_rank else (lambda event, info: None),
             eval_data=eval_data,
+            **({"chunk_size": chunk_size} if chunk_size else {}),
         ).run(resume=opts["resume"], restart=opts["restart"])
     except (RuntimeError, ValueError, OSError, ImportError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -535,3 +540,7 @@ def _quiet_third_party() -> None:
 def main() -> None:
     _quiet_third_party()
     cli()
+
+
+if __name__ == "__main__":  # python -m rgpl_adapt.cli, torchrun -m rgpl_adapt.cli
+    main()

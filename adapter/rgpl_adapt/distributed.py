@@ -12,12 +12,14 @@ are shared too: every rank encodes its chunks of the store into one memory-mappe
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,22 +52,58 @@ def dist_info() -> DistInfo:
 def init_distributed(device: str, *, timeout_hours: float = 12.0) -> tuple[DistInfo, str]:
     """Join the process group when launched by torchrun; returns the info and this rank's device.
 
+    On CUDA each rank takes GPU ``local_rank`` with NCCL. With more local ranks than visible GPUs
+    (``torchrun --nproc_per_node 4`` on 2 GPUs) the ranks share the GPUs (``cuda:{local_rank % count}``)
+    and the group uses gloo, which NCCL does not allow (one rank per GPU) but gloo does, CUDA tensors
+    included; a warning says so, since ``--nproc_per_node <count>`` is the fast setup.
     The timeout is long because non-main ranks wait at a barrier while rank 0 generates
     queries or re-mines, which can take hours at paper scale.
     """
     info = dist_info()
     if not info.enabled:
+        if device.startswith("cuda"):
+            import torch
+
+            _require_gpu(torch.cuda.device_count(), info)
         return info, device
     import torch
     import torch.distributed as dist
 
+    backend = "gloo"
     if device.startswith("cuda"):
-        torch.cuda.set_device(info.local_rank)
-        device = f"cuda:{info.local_rank}"
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", info.world))
+        device, backend = rank_device(info, torch.cuda.device_count(), local_world)
+        torch.cuda.set_device(torch.device(device).index)
     if not dist.is_initialized():
-        backend = "nccl" if device.startswith("cuda") else "gloo"
         dist.init_process_group(backend=backend, timeout=timedelta(hours=timeout_hours))
     return info, device
+
+
+def rank_device(info: DistInfo, gpus: int, local_world: int) -> tuple[str, str]:
+    """This rank's CUDA device and the process-group backend, given ``gpus`` visible GPUs and
+    ``local_world`` ranks on this machine (torchrun's LOCAL_WORLD_SIZE).
+
+    Every rank of a machine takes the same backend (a group mixing NCCL and gloo would hang), so
+    the choice is made on the machine's rank count, not on this rank's index.
+    """
+    _require_gpu(gpus, info)
+    if local_world <= gpus:
+        return f"cuda:{info.local_rank}", "nccl"
+    if info.local_rank == 0:
+        log.warning(
+            "%d ranks on this machine share its %d visible GPU(s) (local rank r runs on cuda:r %% %d) and the "
+            "process group uses gloo: NCCL allows one rank per GPU. torchrun --nproc_per_node %d is the "
+            "fast setup.", local_world, gpus, gpus, gpus,
+        )
+    return f"cuda:{info.local_rank % gpus}", "gloo"
+
+
+def _require_gpu(gpus: int, info: DistInfo) -> None:
+    if gpus < 1:
+        raise RuntimeError(
+            f"device cuda was asked for but no GPU is visible to rank {info.rank} (torch.cuda.device_count() "
+            "is 0): check CUDA_VISIBLE_DEVICES and that torch is a CUDA build, or pass --device cpu"
+        )
 
 
 def barrier(info: DistInfo) -> None:

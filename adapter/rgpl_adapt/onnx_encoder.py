@@ -24,6 +24,7 @@ onnxruntime's lazy initialisation. :meth:`OnnxEncoder.encode_queries` keeps an L
 vectors: a query served by several legs (BM25 + dense, several weights) or repeated is encoded once.
 
 Providers. ``CUDAExecutionProvider`` when onnxruntime-gpu offers it (the ``gpu`` extra), else CPU;
+``device="cuda:N"`` puts the session on GPU N (``device_id``), so each torchrun rank uses its own GPU;
 on CUDA the inputs and the one output are bound with IO binding (no token-embedding copy back to the
 host). Not measured here: no GPU was available when this was written (bench/RESULTS.md).
 """
@@ -62,13 +63,26 @@ def resolve_onnx_dir(path: str | os.PathLike) -> Path:
     )
 
 
-def default_providers() -> list[str]:
-    """CUDA when onnxruntime offers it (onnxruntime-gpu), else CPU."""
+def default_providers(device: str | None = None) -> list[str | tuple[str, dict[str, Any]]]:
+    """CUDA when onnxruntime offers it (onnxruntime-gpu), else CPU.
+
+    ``device``: the process's torch device. ``cuda:N`` puts the CUDA session on GPU N (under torchrun each
+    rank on its own GPU); ``cpu`` keeps the session on the CPU; ``None``, ``auto`` or ``cuda``:
+    onnxruntime's default GPU (0).
+    """
     ort = require("onnxruntime", extra="gpu")
     available = ort.get_available_providers()
-    if "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in available or (device or "auto").startswith("cpu"):
+        return ["CPUExecutionProvider"]
+    index = device.partition(":")[2] if device else ""
+    cuda: str | tuple[str, dict[str, Any]] = (
+        ("CUDAExecutionProvider", {"device_id": int(index)}) if index else "CUDAExecutionProvider"
+    )
+    return [cuda, "CPUExecutionProvider"]
+
+
+def _provider_name(provider: str | tuple[str, dict[str, Any]]) -> str:
+    return provider if isinstance(provider, str) else provider[0]
 
 
 class OnnxEncoder:
@@ -80,7 +94,10 @@ class OnnxEncoder:
         fp16: use ``model_fp16.onnx`` (export with ``fp16=True``); ``None`` (default): when the export
             wrote one and the session runs on CUDA (on CPU float16 is slower than float32).
         optimized: use the fused ``model_opt.onnx``; ``None`` (default): when the export wrote one.
-        providers: onnxruntime execution providers; default CUDA when available, else CPU.
+        providers: onnxruntime execution providers (names or ``(name, options)`` pairs); default CUDA when
+            available, else CPU (:func:`default_providers`).
+        device: the torch device of the process, for the default providers: ``cuda:N`` runs the session
+            on GPU N, ``cpu`` on the CPU.
         threads: intra-op threads for onnxruntime (default: onnxruntime's choice).
         query_cache: how many query vectors :meth:`encode_queries` keeps (0: no cache).
         spin: let onnxruntime's idle intra-op threads spin-wait (``session.intra_op.allow_spinning``).
@@ -97,7 +114,8 @@ class OnnxEncoder:
         int8: bool = False,
         fp16: bool | None = None,
         optimized: bool | None = None,
-        providers: Sequence[str] | None = None,
+        providers: Sequence[str | tuple[str, dict[str, Any]]] | None = None,
+        device: str | None = None,
         threads: int | None = None,
         query_cache: int = 1024,
         spin: bool = False,
@@ -110,9 +128,9 @@ class OnnxEncoder:
         fused = self.onnx_dir / "model_opt.onnx"
         if int8 and fp16:
             raise ValueError("choose one of int8 and fp16")
-        chosen = list(providers) if providers is not None else default_providers()
+        chosen = list(providers) if providers is not None else default_providers(device)
         if fp16 is None:
-            fp16 = chosen[0] == "CUDAExecutionProvider" and "fp16" in self.meta and not int8
+            fp16 = _provider_name(chosen[0]) == "CUDAExecutionProvider" and "fp16" in self.meta and not int8
         if fp16:
             graph = self.onnx_dir / "model_fp16.onnx"
         elif int8:

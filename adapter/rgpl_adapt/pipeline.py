@@ -373,7 +373,8 @@ class Pipeline:
             n = write_jsonl(stage_dir / "pools.jsonl", pools)
             empty = sum(1 for p in pools if not p.all_ids())
             return {"pools": n, "empty_pools": empty, "sources": ["bm25"] * mc.bm25 + list(mc.retrievers),
-                    "similarity": {name: mc.similarity for name in mc.retrievers}, "search": searches}
+                    "similarity": {name: mc.similarity for name in mc.retrievers}, "search": searches,
+                    "encode": {"device": self.device, "precision": "bf16" if bf16 else "fp32"}}
 
         self._stage("negatives", {"mining": mc}, build)
         return list(read_jsonl(self.dir / "negatives" / "pools.jsonl", NegativePool))
@@ -429,6 +430,8 @@ class Pipeline:
             return {
                 "steps": result.steps,
                 "final_loss": result.final_loss,
+                "precision": result.precision,  # what the steps ran at, and where
+                "device": result.device,
                 "rounds": result.rounds,
                 "evals": result.evals,
                 "model_dir": str(result.model_dir),
@@ -474,7 +477,7 @@ class Pipeline:
                 n += len(chunk)
             # the serving encoder for the held-out queries: the corpus one unless that was torch bf16 (no second load)
             encoder = (docs_encoder if docs_path != "torch bf16 autocast"
-                       else load_encoder(export_dir, self.cfg.export.onnx))
+                       else load_encoder(export_dir, self.cfg.export.onnx, device=self.device))
             _, held = self._split(queries)
             weights = choose_hybrid_weight(self.backend, encoder, held)
             out = {"vectors": n, "space": DENSE_SPACE, **weights, "onnx": isinstance(encoder, OnnxEncoder),

@@ -64,22 +64,25 @@ def open_embedded(run_dir: str | os.PathLike) -> Backend:
     return EmbeddedBackend.open(path)
 
 
-def load_encoder(export_dir: str | os.PathLike, prefer_onnx: bool = True, *, bulk: bool = False):
+def load_encoder(export_dir: str | os.PathLike, prefer_onnx: bool = True, *, bulk: bool = False,
+                 device: str | None = None):
     """The exported model as a TextEncoder: ONNX when exported, else the torch model.
 
     ``bulk=True`` for encoding a corpus (not serving queries): onnxruntime's idle intra-op threads
     spin-wait between operators, +5% docs/s on a quiet machine (bench/RESULTS.md); a serving process
-    keeps them asleep between queries.
+    keeps them asleep between queries. ``device``: the process's torch device (``cuda:N`` puts a CUDA
+    ONNX session, or the torch model, on GPU N; ``None``: onnxruntime's default provider, torch on CPU).
     """
     export_dir = Path(export_dir)
     if prefer_onnx and (export_dir / "onnx" / "model.onnx").exists():
         from rgpl_adapt.onnx_encoder import OnnxEncoder
 
-        return OnnxEncoder(export_dir / "onnx", spin=bulk)
+        return OnnxEncoder(export_dir / "onnx", spin=bulk, device=device)
     from rgpl_adapt.encoding import SentenceTransformerEncoder
     from rgpl_adapt.models import load_sentence_transformer
 
-    return SentenceTransformerEncoder(load_sentence_transformer(str(export_dir / "sentence-transformers")))
+    torch_device = "cpu" if device in (None, "auto") else device
+    return SentenceTransformerEncoder(load_sentence_transformer(str(export_dir / "sentence-transformers"), torch_device))
 
 
 def corpus_encoder(export_dir: str | os.PathLike, prefer_onnx: bool, precision: str, device: str) -> tuple[Any, str]:
@@ -102,7 +105,7 @@ def corpus_encoder(export_dir: str | os.PathLike, prefer_onnx: bool, precision: 
 
         model = load_sentence_transformer(str(st_dir), device="cpu" if device == "auto" else device)
         return SentenceTransformerEncoder(model, autocast_bf16=True), "torch bf16 autocast"
-    encoder = load_encoder(export_dir, prefer_onnx, bulk=True)
+    encoder = load_encoder(export_dir, prefer_onnx, bulk=True, device=device)
     graph = getattr(encoder, "graph_path", None)
     return encoder, f"onnx {graph.name}" if graph is not None else "torch fp32"
 

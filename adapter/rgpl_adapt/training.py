@@ -61,6 +61,9 @@ class TrainResult:
     evals: list[dict[str, Any]] = field(default_factory=list)
     final_loss: float = float("nan")
     seconds: float = 0.0
+    precision: str = "fp32"
+    """What the steps ran at (``resolve_precision`` of the setting on the device): fp32, bf16 or fp16."""
+    device: str = "cpu"
 
 
 @dataclass
@@ -342,7 +345,8 @@ class Trainer:
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
-            ids = [torch.device(self.device).index] if self.device.startswith("cuda") else None
+            dev = torch.device(self.device)  # a rank's GPU (ranks sharing a GPU name the same one); "cuda": current
+            ids = [torch.cuda.current_device() if dev.index is None else dev.index] if dev.type == "cuda" else None
             # find_unused_parameters: e.g. BERT's pooler is not used by sentence-transformers pooling.
             train_model = DistributedDataParallel(train_model, device_ids=ids, find_unused_parameters=True)
 
@@ -425,6 +429,8 @@ class Trainer:
             evals=evals,
             final_loss=loss_value,
             seconds=time.perf_counter() - t_start,
+            precision=precision,
+            device=self.device,
         )
 
     def _step(

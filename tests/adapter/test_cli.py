@@ -43,6 +43,8 @@ def test_adapt_is_the_default_command_and_writes_everything(adapted_run):
     report = json.loads((run / "report.json").read_text())
     train = report["stages"]["train"]
     assert train["steps"] == 6 and [r["round"] for r in train["rounds"]] == [0, 1]
+    assert (train["device"], train["precision"]) == ("cpu", "fp32")  # what the steps ran at, and where
+    assert report["stages"]["negatives"]["encode"]["device"] == "cpu"
     assert 0.0 <= train["rounds"][1]["churn"] <= 1.0
     assert train["rounds"][1]["search"]["method"] == "exact"  # how remining searched, with the estimate
     assert train["rounds"][1]["search"]["estimated_exact_s"] <= train["rounds"][1]["search"]["budget_s"]
@@ -140,3 +142,32 @@ def test_report_writes_one_html_file_from_a_real_run(adapted_run, beir_dir):
     html = (run / "report.html").read_text()
     assert html.lstrip().lower().startswith("<!doctype html") and "<svg" in html
     assert "hybrid" in html.lower() and "zero-shot" in html
+
+
+def test_chunk_size_reaches_the_pipeline(monkeypatch, tmp_path, beir_dir):
+    import rgpl_adapt.pipeline as pipeline
+
+    seen = {}
+
+    class Stop(RuntimeError):
+        pass
+
+    def fake_pipeline(cfg, out, **kw):
+        seen.update(kw)
+        raise Stop("stop here")
+
+    monkeypatch.setattr(pipeline, "Pipeline", fake_pipeline)
+    r = CliRunner().invoke(cli, ["--corpus", str(beir_dir), "--out", str(tmp_path / "r"), "--chunk-size", "64",
+                                 "--device", "cpu"])
+    assert "stop here" in r.output and seen["chunk_size"] == 64
+    r = CliRunner().invoke(cli, ["--corpus", str(beir_dir), "--chunk-size", "0"])
+    assert r.exit_code != 0 and "--chunk-size" in r.output
+
+
+def test_python_dash_m_runs_the_cli():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "rgpl_adapt.cli", "adapt", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "--chunk-size" in out and "--device" in out

@@ -2,13 +2,14 @@ import numpy as np
 import pytest
 
 from rgpl_adapt.encoding import SentenceTransformerEncoder, encode_texts
+from tests.conftest import TEST_DEVICE
 
 
 @pytest.fixture(scope="module")
 def model(tiny_student):
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(tiny_student), device="cpu")
+    return SentenceTransformer(str(tiny_student), device=TEST_DEVICE)
 
 
 @pytest.mark.parametrize("training", [True, False])

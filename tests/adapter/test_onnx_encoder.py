@@ -238,3 +238,32 @@ def test_cuda_sessions_use_io_binding(export_dir, monkeypatch):
     np.testing.assert_array_equal(out, np.full((2, dim), 0.5, dtype=np.float32))
     assert ("output", "sentence_embedding", "cpu") in calls
     assert {c[1] for c in calls if c[0] == "input"} == set(enc.input_names)
+
+
+def test_each_process_runs_its_cuda_session_on_its_own_gpu(export_dir, monkeypatch):
+    """No GPU here: onnxruntime pretends to offer CUDA and a stand-in session records what it was given.
+    A process on cuda:N (a torchrun rank) asks for GPU N; cpu asks for no CUDA session at all."""
+    import onnxruntime as ort
+
+    from rgpl_adapt.runfolder import corpus_encoder, load_encoder
+
+    real = ort.InferenceSession
+    requested = []
+
+    def recording_session(path, sess_options=None, providers=None):
+        requested.append(providers)
+        return real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "InferenceSession", recording_session)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    cuda1 = [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    assert default_providers("cuda:1") == cuda1
+    assert default_providers("cuda") == default_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert default_providers("cpu") == ["CPUExecutionProvider"]
+    OnnxEncoder(export_dir, device="cuda:1")
+    load_encoder(export_dir, device="cuda:2")
+    corpus_encoder(export_dir, True, "fp32", "cuda:3")  # fp32: the ONNX graph encodes the corpus
+    load_encoder(export_dir, device="cpu")
+    assert requested == [cuda1, [("CUDAExecutionProvider", {"device_id": 2}), "CPUExecutionProvider"],
+                         [("CUDAExecutionProvider", {"device_id": 3}), "CPUExecutionProvider"],
+                         ["CPUExecutionProvider"]]

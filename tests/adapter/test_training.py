@@ -7,6 +7,7 @@ import torch
 from rgpl_adapt.config import AdaptConfig
 from rgpl_adapt.labeling import ScoreCache
 from rgpl_adapt.training import Trainer, TrainingData, TrainingError, TrainingInterrupted, round_bounds
+from tests.conftest import TEST_DEVICE
 from tests.fakes import OverlapTeacher, random_pools, title_queries
 
 
@@ -43,7 +44,7 @@ def make_trainer(cfg, work, backend, documents, teacher=None, **kw) -> Trainer:
         initial_pools=random_pools(queries, documents),
         teacher=teacher or OverlapTeacher(),
         cache=ScoreCache(work / "scores.jsonl", key="overlap"),
-        device="cpu",
+        device=kw.pop("device", TEST_DEVICE),
         **kw,
     )
 
@@ -98,8 +99,9 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path, backend, 
     assert resumed.steps == 6
     assert teacher.calls == 0  # round 1's labels were on disk: nothing re-labelled
     a, b = weights(full.model_dir), weights(resumed.model_dir)
+    atol = 1e-6 if TEST_DEVICE == "cpu" else 1e-4  # CUDA's backward sums with atomics: not bit-reproducible
     for key in a:
-        assert torch.allclose(a[key], b[key], atol=1e-6), key
+        assert torch.allclose(a[key], b[key], atol=atol), key
 
 
 def test_resume_refuses_other_settings(tmp_path, backend, documents, tiny_student):
@@ -117,7 +119,7 @@ def test_cosine_training_runs(tmp_path, backend, documents, tiny_student):
     assert result.steps == 4 and result.final_loss == result.final_loss  # not NaN
 
 
-def test_bf16_precision_trains_and_remines_on_cpu(tmp_path, backend, documents, tiny_student):
+def test_bf16_precision_trains_and_remines(tmp_path, backend, documents, tiny_student):
     cfg = small_config(tiny_student, steps=4, every=2)
     cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, precision="bf16"))
     result = make_trainer(cfg, tmp_path / "train", backend, documents).run()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import pytest
+
 from tests.bench.conftest import load_bench
 
 
@@ -109,3 +111,29 @@ def test_kill_verdict_needs_nothing_redone_and_the_counts_to_match(tmp_path):
     assert not missing["resumed"]
     assert not _kill_and_rerun(tmp_path, [1, 2, 3], 0, 1)["train"]["resumed"]  # started over, not at step 25
     assert not _kill_and_rerun(tmp_path, [1, 2, 3], 25, 2)["train"]["resumed"]  # the round was labelled again
+
+
+def test_projection_keeps_cpu_and_gpu_runs_apart():
+    scale = load_bench("scale")
+    rows = [{"stage": "encode", "encoder": "tiny-bert", "device": d, "docs": n, "seconds": n / rate,
+             "peak_rss_mb": 900.0} for d, rate in (("cpu", 1000), ("cuda", 10_000)) for n in (1000, 2000)]
+    lines = {line["device"]: line for line in scale.project(rows, target=10_000)}
+    assert (lines["cpu"]["seconds"], lines["cuda"]["seconds"]) == (10, 1)
+
+
+def test_a_stage_records_its_device_and_cuda_without_a_gpu_is_refused(tmp_path, capsys, monkeypatch):
+    import torch
+
+    scale = load_bench("scale")
+    scale.write_corpus(tmp_path / "c.jsonl", 50)
+    scale.stage_store(str(tmp_path / "c.jsonl"), str(tmp_path / "index"), 100)
+    scale._stage_child("encode", {"model": "bytes", "index": str(tmp_path / "index"),
+                                  "vectors": str(tmp_path / "v"), "chunk": 64, "device": "cpu"})
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1][len("RESULT "):])
+    assert res["device"] == "cpu" and res["docs"] == 50 and "gpu_peak_allocated_mb" not in res
+    assert res["peak_rss_mb"] > 0
+    assert scale.resolve_bench_device("cpu") == ("cpu", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert scale.resolve_bench_device("auto") == ("cpu", None)
+    with pytest.raises(SystemExit, match="no GPU"):
+        scale.resolve_bench_device("cuda")
