@@ -116,6 +116,7 @@ def _knn_negatives(
     desc: str,
     progress: ProgressFactory,
     exact_budget_s: float = DEFAULT_EXACT_BUDGET_S,
+    device: str | None = None,
 ) -> tuple[list[list[str]], SearchReport]:
     """Top-k neighbours of each query vector in ``space``, the query's positive removed.
 
@@ -126,7 +127,7 @@ def _knn_negatives(
     kk = _search_k(k, backend.count())
     local = _local_vectors(backend, space)
     if local is not None:
-        planned = plan_search(*local, vectors, kk, budget_s=exact_budget_s)
+        planned = plan_search(*local, vectors, kk, budget_s=exact_budget_s, device=device)
         search, step, report = planned.search, LOCAL_SEARCH_BATCH, planned.report
         fell_back = report.method == "exact" and report.recall_at_k is not None  # HNSW missed the target
         (logger.warning if fell_back else logger.info)("%s: %s", desc, report.summary())
@@ -201,6 +202,7 @@ def _mine_dense(
     progress: ProgressFactory,
     exact_budget_s: float = DEFAULT_EXACT_BUDGET_S,
     write_corpus: CorpusWriter | None = None,
+    device: str | None = None,
 ) -> tuple[list[list[str]], SearchReport]:
     space = space_name(name)
     if backend.has_vectors(space):
@@ -223,7 +225,7 @@ def _mine_dense(
         qvecs = np.asarray(encoder.encode(distinct, batch_size, progress=progress), dtype=np.float32)
         return _knn_negatives(
             backend, space, queries, qvecs[where], k, desc=f"mining {name}", progress=progress,
-            exact_budget_s=exact_budget_s,
+            exact_budget_s=exact_budget_s, device=device,
         )
     finally:
         backend.drop_vectors(space)
@@ -242,6 +244,7 @@ def mine_negatives(
     exact_budget_s: float = DEFAULT_EXACT_BUDGET_S,
     search_reports: dict[str, dict] | None = None,
     write_corpus: CorpusWriter | None = None,
+    device: str | None = None,
 ) -> list[NegativePool]:
     """Hard-negative pools for ``queries``: BM25 and each dense retriever's top-``k``, positive removed.
 
@@ -263,6 +266,8 @@ def mine_negatives(
         write_corpus: how a retriever's corpus vectors get into its space; default: encode
             ``backend.iter_documents()`` in chunks. The pipeline passes one that encodes its document
             store in resumable, memory-mapped chunks (:func:`rgpl_adapt.chunked.encode_store`).
+        device: where exact search of vectors on this machine runs: a CUDA device runs it there
+            (:class:`rgpl_adapt.torch_topk.TorchTopk`, same results), anything else numpy on the CPU.
 
     Returns:
         One :class:`NegativePool` per query, in the order of ``queries``.
@@ -283,7 +288,7 @@ def mine_negatives(
     for name, encoder in retrievers:
         per_source[name], report = _mine_dense(
             name, encoder, backend, queries, texts, k, batch_size=encode_batch_size, progress=progress,
-            exact_budget_s=exact_budget_s, write_corpus=write_corpus,
+            exact_budget_s=exact_budget_s, write_corpus=write_corpus, device=device,
         )
         if search_reports is not None:
             search_reports[name] = report.as_dict()
@@ -307,12 +312,14 @@ def remine_pools(
     progress: ProgressFactory = silent,
     exact_budget_s: float = DEFAULT_EXACT_BUDGET_S,
     search_reports: dict[str, dict] | None = None,
+    device: str | None = None,
 ) -> list[NegativePool]:
     """R-GPL remining: new pools (source ``"student"``) from the student's vectors in ``space``.
 
     The caller has written the student's corpus vectors to ``space`` and encoded the queries
     (``query_vectors[i]`` belongs to ``queries[i]``) with the same model and normalisation.
-    ``exact_budget_s`` and ``search_reports`` (filled with ``{"student": ...}``) as in :func:`mine_negatives`.
+    ``exact_budget_s``, ``device`` and ``search_reports`` (filled with ``{"student": ...}``) as in
+    :func:`mine_negatives`.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -326,7 +333,7 @@ def remine_pools(
             f"vector space {space!r} does not exist; write the student's corpus vectors to it first"
         )
     negatives, report = _knn_negatives(backend, space, queries, query_vectors, k, desc="remining",
-                                       progress=progress, exact_budget_s=exact_budget_s)
+                                       progress=progress, exact_budget_s=exact_budget_s, device=device)
     if search_reports is not None:
         search_reports[STUDENT_SOURCE] = report.as_dict()
     return [NegativePool(qid=q.qid, negatives={STUDENT_SOURCE: ids}) for q, ids in zip(queries, negatives)]

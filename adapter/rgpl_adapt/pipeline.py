@@ -368,6 +368,7 @@ class Pipeline:
                 exact_budget_s=mc.exact_budget_s,
                 search_reports=searches,
                 write_corpus=write_corpus,
+                device=self.device,
             )
             shutil.rmtree(stage_dir / "vectors", ignore_errors=True)  # the spaces are dropped; free the disk
             n = write_jsonl(stage_dir / "pools.jsonl", pools)

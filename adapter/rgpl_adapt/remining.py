@@ -90,6 +90,7 @@ def remine(
     work_dir: str | os.PathLike | None = None,
     chunk_size: int = 65536,
     key: str = "",
+    device: str | None = None,
 ) -> RemineResult:
     """Encode the corpus with ``student``, search it for every query, return the new pools.
 
@@ -97,7 +98,8 @@ def remine(
     inner-product search ranks by cosine. The student's train/eval mode is restored.
     ``autocast_bf16`` encodes under bfloat16 autocast (see :func:`rgpl_adapt.encoding.encode_texts`).
     ``exact_budget_s``: exact top-k unless it is estimated to take longer, then HNSW with measured
-    recall (:mod:`rgpl_adapt.neighbours`); the result's ``search`` says which.
+    recall (:mod:`rgpl_adapt.neighbours`); the result's ``search`` says which. ``device``: a CUDA
+    device runs exact search there (:func:`rgpl_adapt.mining.mine_negatives`).
 
     With a document ``store`` (a folder with ``docs.sqlite``; ``doc_ids``/``doc_texts`` are then
     ignored) the corpus is encoded in resumable chunks into ``work_dir/vectors`` (a memory map;
@@ -139,7 +141,7 @@ def remine(
     )
     reports: dict[str, dict] = {}
     pools = remine_pools(queries, backend, space, q_vecs, k, exact_budget_s=exact_budget_s,
-                         search_reports=reports)
+                         search_reports=reports, device=device)
     backend.drop_vectors(space)
     moved = churn(previous, pools) if previous is not None else 1.0
     log.info("remining round %d: %.1f%% of negatives are new", round_index, 100 * moved)

@@ -233,6 +233,7 @@ class Trainer:
                 previous=previous,
                 progress=self.progress,
                 exact_budget_s=self.cfg.remine.exact_budget_s,
+                device=self.device,
                 store=self.data.store,
                 work_dir=rdir,
                 **self._corpus_encoding(r),
