@@ -18,7 +18,8 @@ def _rows(docs, start=0):
 
 
 def _results(backend):
-    return [[(h.doc_id, round(h.score, 4)) for h in hits] for hits in backend.bm25_search(QUERIES, 10)]
+    """Every matching document's BM25 score per query (all of them: equal scores may come in any order)."""
+    return [{h.doc_id: round(h.score, 4) for h in hits} for hits in backend.bm25_search(QUERIES, 100)]
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +115,41 @@ def test_an_empty_corpus_gets_an_empty_index(tmp_path):
 def test_shard_docs_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="shard_docs must be >= 1"):
         ShardedBm25Writer(tmp_path, shard_docs=0)
+
+
+def test_a_build_killed_with_sigkill_across_shards_resumes_to_the_same_index(tmp_path, corpus, one_writer):
+    """A real ``kill -9`` after the shards 0000 and 0001 are full (15 documents each) and 0002 has begun."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "index"
+    code = (
+        "import time, rgpl_plugin.bm25_index as b\n"
+        "from rgpl_plugin.embedded import EmbeddedBackend\n"
+        "from tests.conftest import make_documents\n"
+        "add = b.ShardedBm25Writer.add\n"
+        "def slow(self, rows):\n"
+        "    add(self, rows); print(self.docs, self.shards, flush=True); time.sleep(0.3)\n"
+        "b.ShardedBm25Writer.add = slow\n"
+        f"EmbeddedBackend.create({str(path)!r}, iter(make_documents(83, seed=3)), resume_key='fp', chunk_size=10,"
+        " bm25_shard_docs=15)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        while True:
+            line = proc.stdout.readline()
+            assert line, "the build ended before it could be killed"
+            docs, shards = map(int, line.split())
+            if docs >= 40:
+                break
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert (docs, shards) == (40, 3) and not path.exists()
+    resumed = EmbeddedBackend.create(path, iter(corpus), resume_key="fp", chunk_size=10, bm25_shard_docs=15)
+    assert resumed.meta["build"]["chunks_resumed"] >= 4 and resumed.meta["build"]["bm25_shards"] == 6
+    assert resumed._index.searcher().num_docs == 83
+    assert _results(resumed) == _results(one_writer)
