@@ -513,7 +513,10 @@ def _quiet_third_party() -> None:
     import os
     import warnings
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Set, the variable silences tokenizers' note on forking; "true" keeps batches tokenized on every core (the
+    # only fork, pip in `models --prepare`, runs before any tokenizer). With "false" the tiny test model's encode
+    # ran 1.4x slower on 2 cores, and a GPU encode waits on the tokenizer (bench/RESULTS.md). A user's value wins.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     for pattern in (r".*torchvision.*", r".*TypedStorage is deprecated.*", r".*`resume_download` is deprecated.*",
                     r".*onnxscript.*", r".*torch\.onnx.*dynamo.*", r".*copying from a non-meta parameter.*"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import json
+import os
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -343,7 +344,7 @@ def test_hub_failure_names_the_offline_command(tmp_path):
     assert "--models offline" not in str(_explain(str(tmp_path), OSError("bad folder")))
 
 
-def test_cli_quiets_third_party_chatter_but_keeps_real_warnings(monkeypatch):
+def test_cli_quiets_third_party_chatter_keeps_real_warnings_and_tokenizes_in_parallel(monkeypatch):
     import logging
     import warnings
 
@@ -351,8 +352,13 @@ def test_cli_quiets_third_party_chatter_but_keeps_real_warnings(monkeypatch):
 
     monkeypatch.setattr(warnings, "filters", list(warnings.filters))
     levels = {n: logging.getLogger(n).level for n in ("transformers", "torch.onnx")}
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
     try:
         cli_module._quiet_third_party()
+        assert os.environ["TOKENIZERS_PARALLELISM"] == "true"  # set (no fork note) and parallel
+        monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+        cli_module._quiet_third_party()
+        assert os.environ["TOKENIZERS_PARALLELISM"] == "false"  # the user's choice wins
         registration = logging.getLogger("torch.onnx._internal.exporter._registration")
         assert not registration.isEnabledFor(logging.WARNING)  # "torchvision is not installed. Skipping ..."
         with warnings.catch_warnings(record=True) as caught:
