@@ -44,7 +44,7 @@ from rgpl_adapt.heldout import (  # noqa: F401 (re-exported: the names' old home
     holdout_split,
 )
 from rgpl_adapt.manifest import Manifest, invalidate, is_complete, read_manifest, write_manifest
-from rgpl_adapt.progress import ProgressFactory, silent
+from rgpl_adapt.progress import ProgressFactory, into, silent
 from rgpl_adapt.records import GeneratedQuery, NegativePool, read_jsonl, write_jsonl
 from rgpl_adapt.runfolder import (  # noqa: F401 (re-exported: the names' old home)
     DENSE_SPACE,
@@ -273,6 +273,7 @@ class Pipeline:
                     if part.exists() and part_stats.exists():
                         seen.update(query_key(q.text) for q in read_jsonl(part, GeneratedQuery))
                         stats = GenerationStats(**json.loads(part_stats.read_text()))
+                        bar.update(len(piece))  # done before an interruption
                     else:
                         fresh = [d for d in piece if d.id not in reuse]
                         new: list[GeneratedQuery] = []
@@ -280,7 +281,9 @@ class Pipeline:
                         if fresh:
                             if generator is None:
                                 generator = load_generator(gc, self.device)
-                            new, fresh_stats = generate_queries(fresh, generator, gc, qpp=qpp, seen=seen)
+                            # the bar moves per generation batch (a part of a slow LM takes minutes)
+                            new, fresh_stats = generate_queries(fresh, generator, gc, qpp=qpp, seen=seen,
+                                                                progress=into(bar))
                             stats = stats.merged(fresh_stats)
                         by_doc: dict[str, list[GeneratedQuery]] = {d.id: list(reuse[d.id]) for d in piece if d.id in reuse}
                         for q in new:
@@ -289,8 +292,8 @@ class Pipeline:
                         write_jsonl(part, queries)
                         part_stats.write_text(json.dumps(stats.__dict__))
                         log.info("generated queries part %d (%d passages)", i, len(piece))
+                        bar.update(len(piece) - len(fresh))  # the reused ones; the fresh ones ticked per batch
                     total = total.merged(stats)
-                    bar.update(len(piece))
             merged = [q for part in sorted(parts.glob("part-*.jsonl")) for q in read_jsonl(part, GeneratedQuery)]
             if not merged:
                 raise PipelineError(

@@ -34,6 +34,20 @@ def silent(total: int | None = None, desc: str = "", unit: str = "it") -> Iterat
     yield _NullBar()
 
 
+def into(bar: ProgressBar) -> ProgressFactory:
+    """A factory whose bars tick ``bar``: an inner loop (one part of a stage) moves the stage's own bar.
+
+    For work whose unit of resumption is large (a part of 256 passages of a slow generator: minutes on
+    a CPU) while its unit of work is small (one batch): the bar moves per batch, not per part.
+    """
+
+    @contextmanager
+    def factory(total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[ProgressBar]:
+        yield bar
+
+    return factory
+
+
 @contextmanager
 def tqdm_progress(total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[ProgressBar]:
     """A tqdm bar on stderr (used by the CLI)."""

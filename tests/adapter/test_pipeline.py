@@ -87,3 +87,36 @@ def test_miners_rank_by_cosine_and_the_report_says_so(tmp_path, beir_dir, tiny_t
     assert seen[:1] == [True]  # the miner (built first, in the negatives stage) normalises
     assert report["stages"]["negatives"]["similarity"] == {str(tiny_student): "cosine"}
     assert report["stages"]["negatives"]["sources"] == [str(tiny_student)]  # no BM25 by default
+
+
+def test_query_generation_moves_its_bar_per_generation_batch(tmp_path, beir_dir, tiny_t5, tiny_cross_encoder,
+                                                             tiny_student):
+    """A part (up to 256 passages) of a slow generator takes minutes on a CPU: the bar ticks per batch."""
+    from contextlib import contextmanager
+
+    from rgpl_adapt.pipeline import Pipeline
+
+    ticks: dict[str, list[int]] = {}
+
+    @contextmanager
+    def recording(total=None, desc="", unit="it"):
+        seen = ticks.setdefault(desc, [])
+
+        class Bar:
+            def update(self, n=1):
+                seen.append(n)
+
+            def set_postfix(self, **kw):
+                pass
+
+        yield Bar()
+
+    cfg = tiny_config(beir_dir, tiny_t5, tiny_cross_encoder, tiny_student)
+    cfg = dataclasses.replace(cfg, device="cpu", generation=dataclasses.replace(cfg.generation, batch_size=8))
+    p = Pipeline(cfg, tmp_path / "run", progress=recording)
+    store = p._stage_index()
+    p._stage_queries(store)
+    got = [n for n in ticks["generating queries"] if n]
+    n = store.count()
+    assert n == 60 and sum(got) == n  # one part of 60 passages
+    assert got == [8] * 7 + [4]  # per batch of 8, not one tick at the end of the part
