@@ -81,6 +81,8 @@ def _build_config(opts: dict[str, Any]) -> AdaptConfig:
             cfg = replace(cfg, **{section: replace(getattr(cfg, section), **values)})
 
     if profile == "offline":
+        if scale == "cpu" and not opts.get("config"):
+            cfg = cfg.offline_cpu_sized()  # Gemma and the mpnet teacher on a CPU: fewer queries, shorter pairs
         cfg = _offline_models(cfg)
     elif profile not in (None, "default"):
         raise click.UsageError(f"unknown model profile {profile!r}: use default or offline")

@@ -325,11 +325,19 @@ def test_offline_profile_puts_the_packaged_models_in_every_role(monkeypatch, tmp
 
 def test_cli_models_offline_needs_no_other_flag(monkeypatch, tmp_path):
     from rgpl_adapt import cli as cli_module
+    from rgpl_adapt.config import AdaptConfig
 
     monkeypatch.setattr(offline, "prepare", lambda name, cache=None, progress=None: tmp_path / name)
     cfg = cli_module._build_config({"models": "offline", "corpus": "docs.jsonl", "scale": "cpu", "steps": 7})
     assert cfg.generation.model == str(tmp_path / "gemma") and cfg.labels.kind == "bi-encoder"
     assert cfg.training.steps == 7  # flags override the profile
+    # sized for Gemma and the mpnet teacher on a CPU; a flag scales it back up; the paper scale is untouched
+    assert (cfg.generation.max_queries, cfg.labels.max_seq_len) == (400, 128)
+    assert cfg.training.max_seq_len == AdaptConfig().cpu_sized().training.max_seq_len == 128
+    more = cli_module._build_config({"models": "offline", "corpus": "docs.jsonl", "scale": "cpu", "max_queries": 2000})
+    assert more.generation.max_queries == 2000
+    paper = cli_module._build_config({"models": "offline", "corpus": "docs.jsonl", "scale": "paper"})
+    assert paper.generation.max_queries == AdaptConfig().generation.max_queries and paper.labels.max_seq_len != 128
     conf = tmp_path / "c.json"
     conf.write_text(json.dumps({"models": "offline"}))
     cfg = cli_module._build_config({"config": str(conf), "corpus": "docs.jsonl", "scale": "cpu"})
