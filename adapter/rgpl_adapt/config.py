@@ -215,8 +215,8 @@ class AdaptConfig:
 
         Their two slow parts on 2 cores (bench/RESULTS.md, "The offline quick start"): Gemma-3-270M writes
         a query in ~1.8 s, and the mpnet teacher (fp32, as labels are) scores 4.6 passages/s at 256 tokens,
-        13 at 128. With 2,000 queries and 256 tokens the run takes ~1.7 h; with 400 queries and a 128-token
-        teacher (the student trains at 128) ~35 min. ``--max-queries`` and a config file scale it back up.
+        13 at 128. With 2,000 queries and 256 tokens the run would take ~1.7 h (from those rates); with 400
+        queries and a 128-token teacher (the student trains at 128) it took the time RESULTS gives. ``--max-queries`` and a config file scale it back up.
         """
         c = self.cpu_sized()
         return replace(c, generation=replace(c.generation, max_queries=400),
