@@ -313,8 +313,8 @@ def adapt(**opts: Any) -> None:
     main_rank = dist_info().is_main  # under torchrun, rank 0 alone talks
     if main_rank:
         click.echo(
-            f"rgpl-adapt: {cfg.training.steps} steps, batch {cfg.training.batch_size}, remine every "
-            f"{cfg.remine.every or 'never (GPL)'}, run folder {out}",
+            f"rgpl-adapt: at most {cfg.generation.max_queries:,} queries, {cfg.training.steps} steps, batch "
+            f"{cfg.training.batch_size}, remine every {cfg.remine.every or 'never (GPL)'}, run folder {out}",
             err=True,
         )
     try:

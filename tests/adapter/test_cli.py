@@ -38,6 +38,7 @@ def adapted_run(tmp_path_factory, beir_dir, tiny_t5, tiny_cross_encoder, tiny_st
 def test_adapt_is_the_default_command_and_writes_everything(adapted_run):
     run, result = adapted_run
     assert "model:" in result.output and "onnx:" in result.output
+    assert "rgpl-adapt: at most 2,000 queries, 6 steps, batch 4, remine every 3, run folder" in result.output
     for stage in ("index", "queries", "negatives", "train", "export", "serve"):
         assert (run / stage / "manifest.json").exists(), stage
     report = json.loads((run / "report.json").read_text())
