@@ -1,8 +1,8 @@
 """ML Commons 2.19.1 on the real node (ml-plugin + job-scheduler zips from Maven Central): how far our
 upload gets. The settings check, the model group, the metadata and the chunked upload work; the deploy
 of a real exported model needs DJL's native PyTorch/onnxruntime, downloaded at run time (no network
-here), so it is not asserted. The ML node takes ~55 s more to start: off by default (set
-RGPL_TEST_ML_NODE=1), so CI stays fast."""
+here), so it is not asserted. The ML node takes ~15 s warm (~55 s cold) more to start: off by default
+outside CI (set RGPL_TEST_ML_NODE=1; .ci/run does)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import zipfile
 import pytest
 from rgpl_plugin.ml_commons import MLCommonsError, check_ml_settings, register_and_deploy
 
-from tests.cluster.node import DEFAULT_PLUGINS, NodeSpec, NodeUnavailable, start_node
+from tests.cluster.node import DEFAULT_PLUGINS, NodeSpec
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("RGPL_TEST_ML_NODE") != "1",
@@ -23,15 +23,16 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def ml_client():
+def ml_client(opensearch_node_factory):
+    """The ML Commons node, from the session's factory: it cannot be built here -> a skip, or a failure
+    under RGPL_REQUIRE_TEST_NODE=1 (as .ci/run sets)."""
     from opensearchpy import OpenSearch
 
-    try:
-        node = start_node(NodeSpec(plugins=(*DEFAULT_PLUGINS, "opensearch-job-scheduler", "opensearch-ml-plugin")))
-    except NodeUnavailable as exc:
-        pytest.skip(f"no ML Commons node here: {exc}")
-    yield OpenSearch(node.url, timeout=120)
-    node.stop()
+    node = opensearch_node_factory(
+        NodeSpec(plugins=(*DEFAULT_PLUGINS, "opensearch-job-scheduler", "opensearch-ml-plugin")))
+    client = OpenSearch(node.url, timeout=120)
+    yield client
+    client.close()
 
 
 def test_settings_check_then_group_meta_and_chunks(ml_client, tmp_path):
