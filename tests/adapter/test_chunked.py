@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from rgpl_adapt.chunked import StoreReader, encode_store, encode_store_all_ranks
 from rgpl_adapt.distributed import DistInfo
 from rgpl_adapt.records import Document
+
+from tests.kill9 import done_files, kill_when, python
 from tests.plugin.conftest import os_client, osmem, osmem_url  # noqa: F401 (fixtures of the kill test)
 
 
@@ -96,17 +93,9 @@ def test_kill_9_mid_encoding_resumes_from_the_finished_chunks(tmp_path):
         "from rgpl_adapt.chunked import encode_store; "
         f"encode_store(HashEncoder(delay=0.5), {str(index)!r}, {str(out)!r}, dim=8, chunk_size=200)"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-c", code, str(Path(__file__).parent), str(Path(__file__).parent)], env=env)
-    deadline = time.time() + 120
-    while proc.poll() is None and time.time() < deadline:
-        if (out / "done").exists() and len(list((out / "done").iterdir())) >= 3:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the encoding ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    finished = len(list((out / "done").iterdir()))
+    here = str(Path(__file__).parent)
+    kill_when(python(code, here, here), lambda: done_files(out / "done") >= 3, "the encoding")
+    finished = done_files(out / "done")
     assert 3 <= finished < 15
     enc = HashEncoder()
     res = encode_store(enc, index, out, dim=8, chunk_size=200)
@@ -208,10 +197,10 @@ def test_a_finished_copy_or_another_key_starts_over(tmp_path):
 def test_kill_9_mid_copy_from_a_cluster_continues_in_the_point_in_time(tmp_path, os_client, osmem_url):
     """A real PIT read (osmem-server, another process) killed with SIGKILL after some chunks: the rerun
     continues the same point in time after the last finished chunk and ends with the uninterrupted copy."""
+    from rgpl_adapt.chunked import copy_documents
     from rgpl_plugin.opensearch import OpenSearchBackend
 
-    from rgpl_adapt.chunked import copy_documents
-    from tests.kill_copy import kill_copy_after_chunks
+    from tests.kill9 import kill_copy_after_chunks
     from tests.plugin.conftest import load_corpus
 
     docs = [Document(id=d.id, text=d.text, title=f"Title {d.id}") for d in _docs(600)]

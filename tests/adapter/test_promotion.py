@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from rgpl_adapt.promotion import candidate_ords, encoder_mrr
 from rgpl_adapt.records import Document, GeneratedQuery
 from rgpl_adapt.versions import mrr_at_k
+
 from tests.conftest import make_documents
+from tests.kill9 import done_files, kill_when, python
 
 
 class WordsEncoder:
@@ -105,18 +102,9 @@ def test_kill_9_mid_promotion_encoding_resumes_from_the_finished_chunks(tmp_path
     )
     import pickle
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-c", code, str(Path(__file__).parent), pickle.dumps((held, ords)).hex()],
-                            env=env)
-    deadline = time.time() + 120
-    while proc.poll() is None and time.time() < deadline:
-        if (out / "done").exists() and len(list((out / "done").iterdir())) >= 3:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the encoding ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    finished = len(list((out / "done").iterdir()))
+    proc = python(code, str(Path(__file__).parent), pickle.dumps((held, ords)).hex())
+    kill_when(proc, lambda: done_files(out / "done") >= 3, "the encoding")
+    finished = done_files(out / "done")
     assert 3 <= finished < 10
     enc = WordsEncoder()
     mrr = encoder_mrr(enc, store_dir, ords, held, out=out, key="m", chunk_size=50)

@@ -110,7 +110,7 @@ def test_kill_9_mid_copy_continues_in_the_point_in_time(tmp_path, client35, sour
     same PIT on the real node after its last finished chunk and ends equal to an uninterrupted copy."""
     from rgpl_adapt.chunked import StoreReader, copy_documents
 
-    from tests.kill_copy import kill_copy_after_chunks
+    from tests.kill9 import kill_copy_after_chunks
 
     store = tmp_path / "store"
     kill_copy_after_chunks(node35.url, source_index, store, key="k", chunk_size=200, pause_s=0.5,

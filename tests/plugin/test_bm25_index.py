@@ -122,7 +122,8 @@ def test_a_build_killed_with_sigkill_across_shards_resumes_to_the_same_index(tmp
     import os
     import signal
     import subprocess
-    import sys
+
+    from tests.kill9 import python
 
     path = tmp_path / "index"
     code = (
@@ -136,8 +137,7 @@ def test_a_build_killed_with_sigkill_across_shards_resumes_to_the_same_index(tmp
         f"EmbeddedBackend.create({str(path)!r}, iter(make_documents(83, seed=3)), resume_key='fp', chunk_size=10,"
         " bm25_shard_docs=15)\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    proc = python(code, stdout=subprocess.PIPE, text=True)
     try:
         while True:
             line = proc.stdout.readline()

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +10,8 @@ import pytest
 from rgpl_plugin import hnsw
 from rgpl_plugin.hnsw import Checkpoint, build_hnsw, hnsw_search
 from rgpl_plugin.vectors import VectorStore, exact_topk
+
+from tests.kill9 import kill_when, python
 
 N, DIM = 4000, 24
 
@@ -118,17 +115,8 @@ def test_kill_9_mid_serving_graph_build_resumes_from_the_checkpoint(tmp_path, ad
         f"store = VectorStore({str(root)!r}, hnsw_threshold=100, checkpoint_every_s=0, checkpoint_min_rows=500)\n"
         "store.search('s', store.matrix('s')[1][:1], 10)\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
     meta = root / "s" / "hnsw.usearch.partial.json"
-    deadline = time.time() + 120
-    while proc.poll() is None and time.time() < deadline:
-        if meta.exists() and json.loads(meta.read_text())["rows"] >= 1500:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the build ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(python(code), lambda: meta.exists() and json.loads(meta.read_text())["rows"] >= 1500, "the build")
     saved = json.loads(meta.read_text())["rows"]
     assert 1500 <= saved < N and not (root / "s" / "hnsw.usearch").exists()
     store = VectorStore(root, hnsw_threshold=100)
