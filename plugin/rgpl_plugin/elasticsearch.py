@@ -100,18 +100,11 @@ class ElasticsearchBackend(OpenSearchBackend):
 
     # -- reading -------------------------------------------------------------------------------
 
-    def _iter_hits(
-        self, index: str, source: Any, batch_size: int, query: Mapping[str, Any],
-        resume: Mapping[str, Any] | None = None,
-    ) -> Iterator[dict[str, Any]]:
-        self.cursor, self.resumed = None, False
+    def pit_sort_supported(self) -> bool:
+        return True  # Elasticsearch: PIT with _shard_doc since 7.12
+
+    def _fresh_hits(self, index: str, source: Any, batch_size: int, query: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         self.read_with = "pit"
-        if resume:
-            first = self._resume_pit(index, source, batch_size, query, resume)
-            if first is not None:
-                self.resumed = True
-                yield from self._pit_hits(index, source, batch_size, query, resume["pit_id"], first)
-                return
         pit = self._call("opening a point in time", self.client.open_point_in_time, index=index, keep_alive=self.keep_alive)
         yield from self._pit_hits(index, source, batch_size, query, pit["id"])
 

@@ -80,6 +80,12 @@ def vectors_key(path: str | os.PathLike, matrix: np.ndarray) -> str:
     return f"{n}x{int(matrix.shape[1])}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{sample}"
 
 
+def wanted_settings(ndim: int, dtype: str) -> dict[str, Any]:
+    """The settings a graph of ``ndim``-d vectors stored as ``dtype`` is built with (compared with
+    :func:`graph_settings` of a saved one)."""
+    return {"ndim": int(ndim), "dtype": dtype, "connectivity": HNSW_CONNECTIVITY}
+
+
 def graph_settings(index: Any) -> tuple[int, dict[str, Any]]:
     """(size, settings) of a usearch graph, comparable to what :func:`build_hnsw` builds."""
     dtype = str(index.dtype).rsplit(".", 1)[-1].lower()  # ScalarKind.BF16 -> "bf16"
@@ -106,10 +112,13 @@ def _restore(checkpoint: Checkpoint, want: dict[str, Any], n: int, usearch_index
     except (RuntimeError, ValueError, OSError) as exc:  # a damaged checkpoint: build from zero, don't fail
         logger.warning("could not load the HNSW checkpoint %s (%s); building from zero", checkpoint.graph, exc)
         return None
+    if index is None:  # usearch's restore gives None for a file whose metadata it cannot read
+        logger.warning("could not load the HNSW checkpoint %s; building from zero", checkpoint.graph)
+        return None
     size, settings = graph_settings(index)
     # blocks are added whole before a save, so the graph holds the rows 0..size-1 (size, not the json's
     # count: a kill between the graph's rename and the json's leaves the newer graph with the older json)
-    if index is None or settings != want or size > n or (size and not index.contains(size - 1)):
+    if settings != want or size > n or (size and not index.contains(size - 1)):
         logger.warning("the HNSW checkpoint %s does not match its record; building from zero", checkpoint.graph)
         return None
     return index
@@ -135,7 +144,7 @@ def build_hnsw(
 
         usearch_index = require_usearch()
     n, block = int(matrix.shape[0]), block or ADD_BLOCK
-    want = {"ndim": int(matrix.shape[1]), "dtype": dtype, "connectivity": HNSW_CONNECTIVITY}
+    want = wanted_settings(matrix.shape[1], dtype)
     index = _restore(checkpoint, want, n, usearch_index) if checkpoint is not None else None
     if index is None:
         index = usearch_index.Index(ndim=int(matrix.shape[1]), metric="ip", dtype=dtype,

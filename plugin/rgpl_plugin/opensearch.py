@@ -140,8 +140,6 @@ class OpenSearchBackend(SnapshotReads, ShadowVectors):
         self.skipped: Counter[str] = Counter()
         """Documents skipped by the last :meth:`iter_documents`, by reason (``missing``, ``empty``, ``not_string``)."""
         self.read_with: str | None = None
-        self.cursor: dict[str, Any] | None = None  # where a PIT read stands after the last yielded document
-        self.resumed = False  # whether the last read continued an earlier one's point in time
         """``"pit"`` or ``"scroll"``: how the last :meth:`iter_documents` read."""
 
     # -- plumbing ------------------------------------------------------------------------------

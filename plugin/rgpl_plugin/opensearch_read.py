@@ -51,6 +51,10 @@ class SnapshotReads:
                 self.read_with, self.resumed = "pit", True
                 yield from self._pit_hits(index, source, batch_size, query, resume["pit_id"], first)
                 return
+        yield from self._fresh_hits(index, source, batch_size, query)
+
+    def _fresh_hits(self, index: str, source: Any, batch_size: int, query: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+        """A read from the start: in a new PIT sorted by ``_shard_doc``, else a scroll."""
         if not self.pit_sort_supported():
             self.read_with = "scroll"
             yield from self._scroll_hits(index, source, batch_size, query)

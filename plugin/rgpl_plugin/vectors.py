@@ -49,7 +49,6 @@ import numpy as np
 from rgpl_plugin.base import Hit
 from rgpl_plugin.hnsw import (
     HNSW_CONNECTIVITY,
-    HNSW_EXPANSION_ADD,
     HNSW_OVERSAMPLE,
     CHECKPOINT_EVERY_S,
     CHECKPOINT_MIN_ROWS,
@@ -60,6 +59,7 @@ from rgpl_plugin.hnsw import (
     rescore,
     save_atomic,
     vectors_key,
+    wanted_settings,
 )
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_HNSW_THRESHOLD = 200_000
 HNSW_EXPANSION_SEARCH = 128
 HNSW_DTYPE = "bf16"
-__all__ = ["HNSW_CONNECTIVITY", "HNSW_EXPANSION_ADD", "HNSW_OVERSAMPLE", "VectorStore", "build_hnsw",
+__all__ = ["HNSW_CONNECTIVITY", "HNSW_OVERSAMPLE", "VectorStore", "build_hnsw",
            "exact_topk", "hnsw_search"]
 _SPACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CHUNK_ROWS = 32_768
@@ -356,7 +356,7 @@ class VectorStore:
             return None
         path = self.root / space / "hnsw.usearch"
         index = None
-        want = {"ndim": int(loaded.matrix.shape[1]), "dtype": HNSW_DTYPE, "connectivity": HNSW_CONNECTIVITY}
+        want = wanted_settings(loaded.matrix.shape[1], HNSW_DTYPE)
         if path.exists():
             try:
                 index = usearch_index.Index.restore(str(path), view=True)  # memory-mapped, not read into RAM
