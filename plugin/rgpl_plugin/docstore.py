@@ -27,6 +27,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rgpl_plugin.base import Document, batched, passage_text
 
@@ -41,6 +42,14 @@ _SCHEMA = (
     " docs INTEGER NOT NULL, duplicates INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT)",
 )
+
+
+def _select_in(db: sqlite3.Connection, columns: str, key: str, values: Iterable[Any]) -> Iterator[tuple]:
+    """``SELECT columns FROM docs WHERE key IN (values)`` for distinct values, 500 at a time (SQLite's
+    variable limit); rows in no particular order."""
+    for chunk in batched(dict.fromkeys(values), _SQL_CHUNK):
+        marks = ",".join("?" * len(chunk))
+        yield from db.execute(f"SELECT {columns} FROM docs WHERE {key} IN ({marks})", chunk)  # noqa: S608
 
 
 @dataclass(frozen=True)
@@ -88,11 +97,7 @@ class DocStoreWriter:
 
     def stored(self, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` are already stored (one indexed look-up per 500 ids)."""
-        found: set[str] = set()
-        for chunk in batched(list(dict.fromkeys(ids)), _SQL_CHUNK):
-            marks = ",".join("?" * len(chunk))
-            found.update(r[0] for r in self._db.execute(f"SELECT id FROM docs WHERE id IN ({marks})", chunk))  # noqa: S608
-        return found
+        return {r[0] for r in _select_in(self._db, "id", "id", ids)}
 
     def append_chunk(
         self, documents: Sequence[Document], info: Mapping[str, str] | None = None
@@ -187,40 +192,22 @@ class DocStore:
 
     def ids_of_ords(self, ords: Sequence[int]) -> list[str]:
         """The id of each ord, in the same order (for resolving search hits without an id list in memory)."""
-        found: dict[int, str] = {}
-        for chunk in batched(dict.fromkeys(int(o) for o in ords), _SQL_CHUNK):
-            marks = ",".join("?" * len(chunk))
-            found.update(self._db.execute(f"SELECT ord, id FROM docs WHERE ord IN ({marks})", chunk))  # noqa: S608
+        found = dict(_select_in(self._db, "ord, id", "ord", (int(o) for o in ords)))
         return [found[int(o)] for o in ords]
 
     def ords_of(self, ids: Iterable[str]) -> dict[str, int]:
         """``id -> ord`` of the ids that are stored (unknown ids are left out)."""
-        found: dict[str, int] = {}
-        for chunk in batched(dict.fromkeys(ids), _SQL_CHUNK):
-            marks = ",".join("?" * len(chunk))
-            found.update(self._db.execute(f"SELECT id, ord FROM docs WHERE id IN ({marks})", chunk))  # noqa: S608
-        return found
+        return dict(_select_in(self._db, "id, ord", "id", ids))
 
     def by_ords(self, ords: Sequence[int]) -> list[Document]:
         """The documents at these ords, in the same order."""
-        found: dict[int, Document] = {}
-        for chunk in batched(dict.fromkeys(int(o) for o in ords), _SQL_CHUNK):
-            marks = ",".join("?" * len(chunk))
-            for o, i, title, text in self._db.execute(
-                f"SELECT ord, id, title, text FROM docs WHERE ord IN ({marks})", chunk  # noqa: S608
-            ):
-                found[o] = Document(id=i, text=text, title=title)
+        found = {o: Document(id=i, text=text, title=title)
+                 for o, i, title, text in _select_in(self._db, "ord, id, title, text", "ord", (int(o) for o in ords))}
         return [found[int(o)] for o in ords]
 
     def texts_of(self, ids: Sequence[str]) -> dict[str, str]:
         """``id -> full text`` of these ids; KeyError naming unknown ids."""
-        found: dict[str, str] = {}
-        for chunk in batched(dict.fromkeys(ids), _SQL_CHUNK):
-            marks = ",".join("?" * len(chunk))
-            for i, title, text in self._db.execute(
-                f"SELECT id, title, text FROM docs WHERE id IN ({marks})", chunk  # noqa: S608
-            ):
-                found[i] = passage_text(title, text)
+        found = {i: passage_text(title, text) for i, title, text in _select_in(self._db, "id, title, text", "id", ids)}
         missing = [i for i in dict.fromkeys(ids) if i not in found]
         if missing:
             raise KeyError(f"{len(missing)} unknown document id(s) in {self.path}, e.g. {missing[:5]}")
