@@ -169,8 +169,7 @@ def _preflight_alias(settings: Any, options: Any, secrets: tuple[str, ...]) -> N
             f"atomic call (snapshot the index first; this cannot be rolled back), or\n"
             f"  --no-publish            adapt only.\nNothing was changed."
         )
-    if state == "absent" and options.alias:
-        return  # a new alias: publish_version adds it next to the source index
+    # absent with --alias: a new alias, which publish_version adds next to the source index
 
 
 def adapt_index_command(opts: dict[str, Any]) -> None:

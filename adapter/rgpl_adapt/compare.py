@@ -23,6 +23,7 @@ from rgpl_adapt.chunked import StoreIds, StoreReader
 from rgpl_adapt.config import AdaptConfig
 from rgpl_adapt.devices import resolve_device
 from rgpl_adapt.distributed import DistInfo
+from rgpl_adapt.encoding import SentenceTransformerEncoder
 from rgpl_adapt.neighbours import exact_search
 from rgpl_adapt.progress import ProgressFactory, silent
 from rgpl_plugin.base import Backend, Hit
@@ -123,7 +124,6 @@ def evaluate_run(
     """
     import json
 
-    from rgpl_adapt.encoding import SentenceTransformerEncoder
     from rgpl_adapt.evaluation import evaluate, evaluate_per_query
     from rgpl_adapt.models import load_sentence_transformer
     from rgpl_adapt.pipeline import DENSE_SPACE, PipelineError, hybrid_weight_of, load_encoder, open_embedded
@@ -175,11 +175,11 @@ def evaluate_run(
 
 def export_key(export_dir: Path) -> str:
     """The exported model's identity: its stage manifest's fingerprint (else the folder's mtime)."""
-    import json
+    from rgpl_adapt.manifest import read_manifest
 
-    manifest = export_dir / "manifest.json"
-    if manifest.is_file():
-        return str(json.loads(manifest.read_text()).get("fingerprint", manifest.stat().st_mtime_ns))
+    found = read_manifest(export_dir)
+    if found is not None:
+        return found.fingerprint
     return str(export_dir.stat().st_mtime_ns) if export_dir.exists() else ""
 
 
@@ -187,16 +187,7 @@ def describe(table: dict[str, dict[str, float]]) -> dict[str, Any]:
     return {"systems": list(table), "metrics": table}
 
 
-class _ModelEncoder:
-    """A sentence-transformers model (torch) as a :class:`~rgpl_adapt.encoding.TextEncoder`."""
-
-    def __init__(self, model, normalize: bool) -> None:
-        self.model, self.normalize = model, normalize
-
-    def encode(self, texts, batch_size: int = 64, progress=None) -> np.ndarray:
-        from rgpl_adapt.encoding import encode_texts
-
-        return np.asarray(encode_texts(self.model, list(texts), batch_size, normalize=self.normalize), dtype=np.float32)
+_ModelEncoder = SentenceTransformerEncoder  # the training evaluator's corpus encoder (tests patch it here)
 
 
 def make_training_evaluator(
@@ -228,12 +219,11 @@ def make_training_evaluator(
     texts = [queries[q] for q in qids]
     copies = ExitStack()  # a streamed copy of a backend without a store lives as long as the evaluator
     store_dir, _ = _store_dir(backend, copies, store)
-    calls = iter(range(1 << 62))
 
     def evaluator(model) -> dict[str, float]:
-        with tempfile.TemporaryDirectory() as folder:
-            ids, vecs = encode_store_vectors(store_dir, _ModelEncoder(model, normalize), Path(folder),
-                                             key=f"student-{next(calls)}", batch_size=batch_size)
+        with tempfile.TemporaryDirectory() as folder:  # a fresh folder per call: the key needs no count
+            ids, vecs = encode_store_vectors(store_dir, _ModelEncoder(model, normalize=normalize), Path(folder),
+                                             key="student", batch_size=batch_size)
             qvecs = encode_texts(model, texts, batch_size, normalize=normalize)
             hits = exact_search(ids, vecs, qvecs, k + 1)
             del vecs

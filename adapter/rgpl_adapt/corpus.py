@@ -11,7 +11,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,14 +137,20 @@ def iter_corpus(cfg: CorpusConfig, stats: Counter[str] | None = None, *, dedup: 
                 return
 
 
+def empty_corpus_error(cfg: CorpusConfig, counts: Mapping[str, int]) -> CorpusError:
+    """The error for a corpus with no usable document, from :func:`iter_corpus`'s ``counts``."""
+    skipped = {k: v for k, v in counts.items() if k != "read"}
+    return CorpusError(
+        f"no usable documents in {cfg.path} (read {counts.get('read', 0)} records; skipped: {skipped or 'none'}). "
+        f"Check --text-field (now {cfg.text_field!r}) and --id-field (now {cfg.id_field!r})."
+    )
+
+
 def read_corpus(cfg: CorpusConfig) -> tuple[list[Document], CorpusStats]:
     """All valid documents and the counts of what was skipped and why."""
     counts: Counter[str] = Counter()
     docs = list(iter_corpus(cfg, counts))
-    read = counts.pop("read", 0)
     if not docs:
-        raise CorpusError(
-            f"no usable documents in {cfg.path} (read {read} records; skipped: {dict(counts) or 'none'}). "
-            f"Check --text-field (now {cfg.text_field!r}) and --id-field (now {cfg.id_field!r})."
-        )
+        raise empty_corpus_error(cfg, counts)
+    read = counts.pop("read", 0)
     return docs, CorpusStats(read=read, kept=len(docs), skipped=dict(counts))

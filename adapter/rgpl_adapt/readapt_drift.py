@@ -42,7 +42,7 @@ class TargetDrift:
         if self.cluster is None:
             from collections import Counter
 
-            from rgpl_adapt.corpus import CorpusError, iter_corpus
+            from rgpl_adapt.corpus import empty_corpus_error, iter_corpus
 
             counts: Counter[str] = Counter()
             n = 0
@@ -50,12 +50,7 @@ class TargetDrift:
                 n += 1
                 yield doc
             if not n:
-                read = counts.pop("read", 0)
-                raise CorpusError(
-                    f"no usable documents in {self.cfg.corpus.path} (read {read} records; skipped: "
-                    f"{dict(counts) or 'none'}). Check --text-field (now {self.cfg.corpus.text_field!r}) "
-                    f"and --id-field (now {self.cfg.corpus.id_field!r})."
-                )
+                raise empty_corpus_error(self.cfg.corpus, counts)
             return
         from rgpl_adapt.cluster import open_backend
 
