@@ -474,12 +474,13 @@ def export_model(
                     (onnx_dir / OPT_FILE).unlink()
                     fused, opt_diff = {}, None
         bar.update(1)
+        served = onnx_dir / OPT_FILE if (onnx_dir / OPT_FILE).exists() else onnx_path  # int8 and fp16 start here
 
         # 5. optional int8
         int8_path = int8_diff = int8_cos = int8_sha = None
         if cfg.int8:
             int8_file = onnx_dir / INT8_FILE
-            quantize_int8(onnx_dir / OPT_FILE if (onnx_dir / OPT_FILE).exists() else onnx_path, int8_file)
+            quantize_int8(served, int8_file)
             cap_ir_version(int8_file, cfg.max_ir_version)
             q = OnnxEncoder(onnx_dir, int8=True, providers=["CPUExecutionProvider"]).encode(texts, batch_size=32)
             int8_diff, int8_cos = max_abs_diff(got, q), mean_cosine(got, q)
@@ -496,7 +497,7 @@ def export_model(
         fp16_path = fp16_diff = fp16_cos = None
         if cfg.fp16:
             fp16_file = onnx_dir / FP16_FILE
-            to_fp16(onnx_dir / OPT_FILE if (onnx_dir / OPT_FILE).exists() else onnx_path, fp16_file)
+            to_fp16(served, fp16_file)
             cap_ir_version(fp16_file, cfg.max_ir_version)
             h = OnnxEncoder(onnx_dir, fp16=True, providers=["CPUExecutionProvider"]).encode(texts, batch_size=32)
             fp16_diff, fp16_cos = max_abs_diff(ref, h), mean_cosine(ref, h)

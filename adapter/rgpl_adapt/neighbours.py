@@ -118,17 +118,19 @@ def device_topk(matrix: np.ndarray, device: str | None) -> TopK:
     return TorchTopk(matrix, str(device) if device and str(device).startswith("cuda") else "cpu")
 
 
-def probe_rate(matrix: np.ndarray, queries: np.ndarray, k: int, device: str | None = None) -> float:
+def probe_rate(matrix: np.ndarray, queries: np.ndarray, k: int, topk: Any = None) -> float:
     """Query-vector inner products per second of exact search here, timed on the real data.
 
     A warm-up call first (page faults, thread start-up; on a GPU it moves the vectors there), then
     one timed search of :data:`PROBE_QUERIES` queries: on the CPU over a block of :data:`PROBE_ROWS`
     rows, shaped like a real search step (small blocks fit the CPU caches and overestimate the
-    speed); on a GPU over all rows (seconds at most, and the search that follows reuses them).
+    speed); on a GPU over all rows with ``topk``, the search of ``matrix`` that follows (seconds at
+    most, and it keeps the vectors it moved there).
     """
-    on_gpu = bool(device) and str(device).startswith("cuda")
+    on_gpu = topk is not None and topk.device.type == "cuda"
     rows = int(matrix.shape[0]) if on_gpu else min(PROBE_ROWS, int(matrix.shape[0]))
-    topk = device_topk(matrix if on_gpu else np.asarray(matrix[:rows]), device)
+    if not on_gpu:
+        topk = device_topk(np.asarray(matrix[:rows]), None)
     sample = np.ascontiguousarray(queries[:PROBE_QUERIES], dtype=np.float32)
     topk(sample[:32], k)
     t0 = time.perf_counter()
@@ -192,7 +194,7 @@ def plan_search(
         return Neighbours(ids, matrix, k, SearchReport("exact", **base, reason="nothing to search"))
     topk = device_topk(matrix, device)
     on_gpu = topk.device.type == "cuda"
-    rate = rate if rate is not None else probe_rate(matrix, queries, k, device)
+    rate = rate if rate is not None else probe_rate(matrix, queries, k, topk)
     estimate = round(SEARCH_OVERHEAD * n_q * n_v / rate, 3)
     base["estimated_exact_s"] = estimate
     where = f" on {topk.device}" if on_gpu else ""

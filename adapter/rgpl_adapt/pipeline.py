@@ -332,7 +332,7 @@ class Pipeline:
         mc = self.cfg.mining
 
         def build(stage_dir: Path) -> dict[str, Any]:
-            from rgpl_adapt.chunked import ChunkedResult, put_in_chunks
+            from rgpl_adapt.chunked import put_in_chunks
             from rgpl_adapt.encoding import SentenceTransformerEncoder, encode_precision
             from rgpl_adapt.mining import mine_negatives, space_name
             from rgpl_adapt.models import load_sentence_transformer
@@ -463,12 +463,13 @@ class Pipeline:
 
             from rgpl_adapt.onnx_encoder import OnnxEncoder
 
+            if not self.dist.is_main and self.publisher is not None:
+                return {}  # under torchrun with a cluster: rank 0 writes the vectors, the others load nothing
             # documents: the fastest fp32-quality path here (runfolder.corpus_encoder); queries: what serving runs
             docs_encoder, docs_path = corpus_encoder(export_dir, self.cfg.export.onnx, self.cfg.training.precision,
                                                      self.device)
             if not self.dist.is_main:  # under torchrun: this rank's chunks of the store; rank 0 serves them
-                if self.publisher is None:
-                    self._encode_vectors(docs_encoder, stage_dir / "vectors", key=self._serve_key(docs_path))
+                self._encode_vectors(docs_encoder, stage_dir / "vectors", key=self._serve_key(docs_path))
                 return {}
             log.info("serve: encoding the corpus with %s", docs_path)
             self.backend.drop_vectors(DENSE_SPACE)
@@ -480,8 +481,8 @@ class Pipeline:
                 self.backend.put_vectors(DENSE_SPACE, [d.id for d in chunk], vecs)
                 n += len(chunk)
             # the serving encoder for the held-out queries: the corpus one unless that was torch bf16 (no second load)
-            encoder = (docs_encoder if docs_path != "torch bf16 autocast"
-                       else load_encoder(export_dir, self.cfg.export.onnx, device=self.device))
+            encoder = (load_encoder(export_dir, self.cfg.export.onnx, device=self.device)
+                       if getattr(docs_encoder, "autocast_bf16", False) else docs_encoder)
             _, held = self._split(queries)
             weights = choose_hybrid_weight(self.backend, encoder, held)
             out = {"vectors": n, "space": DENSE_SPACE, **weights, "onnx": isinstance(encoder, OnnxEncoder),
